@@ -1,0 +1,3 @@
+from trtcheck.cli import entry_point
+
+entry_point()

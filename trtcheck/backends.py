@@ -1,0 +1,287 @@
+"""Backends by name, each realised as a Polygraphy runner.
+
+- `onnxrt`: ONNX Runtime in fp32, the default reference.
+- `onnxrt-fp16`, `onnxrt-bf16`: ONNX Runtime on a model whose reduced nodes round every float
+  tensor through the reduced type (`precision.emulate`), standing in for TensorRT on machines
+  without a GPU.
+- `trt`, `trt-fp16`, `trt-bf16`: TensorRT through Polygraphy's lazy loaders. On TensorRT 10
+  reduced precision comes from builder flags (and fp32 layer constraints for nodes the plan keeps);
+  on TensorRT 11, which only builds strongly typed networks, from an ONNX model converted by
+  `precision.convert`. The chain is built without importing `tensorrt`; only running it needs it.
+
+There is no runner class hierarchy here: Polygraphy has one, and a table of factories is enough.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from trtcheck.errors import BackendUnavailableError, UsageError
+from trtcheck.model import LoadedModel
+from trtcheck.precision import PrecisionPlan, convert, emulate
+
+TRT_INSTALL_HINT = (
+    "install it on a machine with an NVIDIA GPU with `pip install 'trtcheck[trt]'`, "
+    "or pick an emulated target such as --target onnxrt-fp16"
+)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend name split into its family (`onnxrt` or `trt`) and precision."""
+
+    name: str
+    family: str
+    precision: str
+
+    @property
+    def emulated(self) -> bool:
+        return self.family == "onnxrt" and self.precision != "fp32"
+
+
+BACKENDS: dict[str, Backend] = {
+    b.name: b
+    for b in (
+        Backend("onnxrt", "onnxrt", "fp32"),
+        Backend("onnxrt-fp16", "onnxrt", "fp16"),
+        Backend("onnxrt-bf16", "onnxrt", "bf16"),
+        Backend("trt", "trt", "fp32"),
+        Backend("trt-fp16", "trt", "fp16"),
+        Backend("trt-bf16", "trt", "bf16"),
+    )
+}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """Settings shared by every backend of one comparison."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    tf32: bool = False
+    keep_fp32: frozenset[str] = field(default_factory=frozenset)
+    # Static shapes for inputs whose declared shape is dynamic (TensorRT profiles use them).
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # TensorRT's major version; None means detect it from the installed package.
+    trt_major: int | None = None
+    # Where a TensorRT 11 target writes its converted model.
+    work_dir: Path | None = None
+
+
+def tensorrt_version() -> str | None:
+    """The installed TensorRT version, found without importing `tensorrt` where possible."""
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    # A TensorRT from a tarball or a container: no distribution metadata, only the module.
+    try:
+        import tensorrt
+
+        return str(tensorrt.__version__)
+    except ImportError:
+        return None
+
+
+def tensorrt_usable() -> bool:
+    """Whether `tensorrt` imports here (a bindings-only wheel without its libraries does not)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return False
+    try:
+        import tensorrt  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def default_target() -> tuple[str, str]:
+    """The target to use when none is given, and the one-line reason for the choice."""
+    if tensorrt_usable():
+        return "trt-fp16", f"TensorRT {tensorrt_version()} found"
+    return (
+        "onnxrt-fp16",
+        "TensorRT is not importable here, so fp16 is emulated on ONNX Runtime "
+        "(pass --target trt-fp16 on a GPU machine)",
+    )
+
+
+def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
+                   options: BackendOptions, name: str):
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    source: bytes | str
+    if backend.emulated:
+        source = emulate(model.proto, plan).SerializeToString()
+    elif model.has_external_data():
+        source = str(model.path)
+    else:
+        source = model.proto.SerializeToString()
+    session = SessionFromOnnx(source, providers=list(options.providers))
+    return OnnxrtRunner(session, name=name)
+
+
+class ConvertedOnnxPath:
+    """A lazy loader for `NetworkFromOnnxPath`: writes the plan's converted model, returns its path.
+
+    TensorRT 11 takes reduced precision only from the model's own tensor types.
+    """
+
+    def __init__(self, model: LoadedModel, plan: PrecisionPlan, destination: Path) -> None:
+        self.model = model
+        self.plan = plan
+        self.destination = destination
+
+    def __call__(self) -> str:
+        converted = convert(self.model.proto, self.plan)
+        self.destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.destination.with_suffix(".partial")
+        onnx.save(converted, str(partial))
+        os.replace(partial, self.destination)
+        return str(self.destination)
+
+
+class KeepLayersInFp32:
+    """Network postprocessing for TensorRT 10: pins the plan's fp32 nodes to fp32.
+
+    onnx-tensorrt names a layer after its ONNX node, with a suffix when a node becomes several
+    layers, so a layer matches a node by its name or by the node's name followed by '_' or '/'.
+    """
+
+    def __init__(self, node_names: frozenset[str]) -> None:
+        self.node_names = node_names
+
+    def matches(self, layer_name: str) -> bool:
+        return layer_name in self.node_names or any(
+            layer_name.startswith(node + sep) for node in self.node_names for sep in ("_", "/")
+        )
+
+    def __call__(self, network: Any) -> Any:
+        import tensorrt as trt
+
+        for layer in network:
+            if not self.matches(layer.name):
+                continue
+            layer.precision = trt.float32
+            for index in range(layer.num_outputs):
+                if layer.get_output(index).dtype in (trt.float16, trt.bfloat16, trt.float32):
+                    layer.set_output_type(index, trt.float32)
+        return network
+
+
+@dataclass
+class TrtChain:
+    """The Polygraphy loader chain of a TensorRT target, inspectable before anything runs."""
+
+    trt_major: int
+    onnx_path: str | Callable[[], str]
+    config: Any
+    network: Any
+    engine: Any
+    runner: Any
+
+
+def _profile_shapes(model: LoadedModel, options: BackendOptions) -> dict[str, tuple[int, ...]]:
+    return {inp.name: options.shapes[inp.name] for inp in model.inputs
+            if inp.is_dynamic and inp.name in options.shapes}
+
+
+def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
+              options: BackendOptions, name: str) -> TrtChain:
+    """Builds the lazy TensorRT chain for `backend`; nothing here imports `tensorrt`."""
+    from polygraphy.backend.trt import (
+        CreateConfig,
+        EngineFromNetwork,
+        NetworkFromOnnxPath,
+        PostprocessNetwork,
+        Profile,
+        TrtRunner,
+    )
+
+    major = options.trt_major
+    if major is None:
+        version = tensorrt_version()
+        major = int(version.split(".")[0]) if version else 10
+    strongly_typed = major >= 11
+
+    profiles = []
+    dynamic = _profile_shapes(model, options)
+    if dynamic:
+        profile = Profile()
+        for input_name, shape in dynamic.items():
+            profile.add(input_name, min=shape, opt=shape, max=shape)
+        profiles.append(profile)
+
+    flags: dict[str, Any] = {}
+    onnx_path: str | Callable[[], str] = str(model.path)
+    postprocess = None
+    if strongly_typed:
+        if plan.reduced:
+            work_dir = options.work_dir or model.path.parent
+            onnx_path = ConvertedOnnxPath(
+                model, plan, work_dir / f"{model.path.stem}.{plan.precision}.onnx")
+    elif plan.reduced:
+        flags[plan.precision] = True
+        if plan.keep_fp32:
+            flags["precision_constraints"] = "obey"
+            postprocess = KeepLayersInFp32(plan.keep_fp32)
+
+    config = CreateConfig(tf32=options.tf32, profiles=profiles or None, **flags)
+    network: Any = NetworkFromOnnxPath(onnx_path, strongly_typed=strongly_typed or None)
+    if postprocess is not None:
+        network = PostprocessNetwork(network, func=postprocess, name="KeepLayersInFp32")
+    engine = EngineFromNetwork(network, config=config)
+    runner = TrtRunner(engine, name=name)
+    return TrtChain(major, onnx_path, config, network, engine, runner)
+
+
+def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, name: str):
+    """Returns a Polygraphy runner for `backend`; TensorRT targets need `tensorrt` importable."""
+    plan = PrecisionPlan(backend.precision, options.keep_fp32)
+    if backend.family == "onnxrt":
+        return _onnxrt_runner(model, backend, plan, options, name)
+    if not tensorrt_usable():
+        raise BackendUnavailableError(
+            f"{backend.name}: TensorRT is not installed here (Python module 'tensorrt' not "
+            f"importable); {TRT_INSTALL_HINT}"
+        )
+    return trt_chain(model, backend, plan, options, name).runner
+
+
+def polygraphy_flags(backend: Backend, options: BackendOptions, trt_major: int | None) -> list[str]:
+    """The `polygraphy run` flags that select this backend on a TensorRT machine.
+
+    Emulated targets map to TensorRT with the same precision: that is what they stand in for.
+    """
+    if backend.family == "onnxrt" and not backend.emulated:
+        flags = ["--onnxrt"]
+        if tuple(options.providers) != ("cpu",):
+            flags += ["--providers", *options.providers]
+        return flags
+    flags = ["--trt"]
+    if backend.precision != "fp32":
+        flags.append(f"--{backend.precision}")
+    if options.tf32:
+        flags.append("--tf32")
+    if options.keep_fp32 and backend.precision != "fp32" and (trt_major or 10) < 11:
+        flags += ["--precision-constraints", "obey", "--layer-precisions",
+                  *(f"{node}:float32" for node in sorted(options.keep_fp32))]
+    return flags

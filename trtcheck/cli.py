@@ -1,0 +1,240 @@
+"""`trtcheck ...`: the command line over `trtcheck.core`.
+
+Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run (see `trtcheck.errors`).
+Every error is one line on stderr; no traceback unless --verbose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from trtcheck.backends import BACKENDS, BackendOptions
+from trtcheck.compare import ERROR_STATS, check_tolerance_value
+from trtcheck.errors import EXIT_INPUT_ERROR, EXIT_MISMATCH, EXIT_PASS, TrtcheckError, UsageError
+from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange, parse_range, parse_shape
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the whole usage block; one line that names the fix is easier to act on.
+        self.exit(EXIT_INPUT_ERROR, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
+def _split_named(item: str) -> tuple[str, str]:
+    """`OUT:V` -> ("OUT", "V"); a bare `V` -> ("", "V") meaning every output."""
+    name, sep, value = item.rpartition(":")
+    return (name, value) if sep else ("", item)
+
+
+def _named_numbers(flag: str, items: list[str] | None, *, lower: float = 0.0,
+                   upper: float = math.inf) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for item in items or []:
+        name, text = _split_named(item)
+        try:
+            value = float(text)
+        except ValueError:
+            raise UsageError(
+                f"{flag} {item}: '{text}' is not a number; write {flag} 1e-3 or {flag} OUTPUT:1e-3"
+            ) from None
+        if lower >= 0:
+            check_tolerance_value(f"{flag} {item}", value)
+        if not (lower <= value <= upper):
+            raise UsageError(f"{flag} {item}: must be between {lower:g} and {upper:g}")
+        values[name] = value
+    return values
+
+
+def _error_stats(items: list[str] | None) -> dict[str, str]:
+    stats: dict[str, str] = {}
+    for item in items or []:
+        name, stat = _split_named(item)
+        if stat not in ERROR_STATS:
+            raise UsageError(
+                f"--check-error-stat {item}: '{stat}' is not one of {', '.join(ERROR_STATS)}")
+        stats[name] = stat
+    return stats
+
+
+def _shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    shapes = {}
+    for item in items or []:
+        name, sep, shape = item.rpartition(":")
+        if not sep or not name:
+            raise UsageError(f"--input-shapes {item}: write it as NAME:1x3x224x224")
+        shapes[name] = parse_shape(shape)
+    return shapes
+
+
+def _ranges(items: list[str] | None) -> tuple[dict[str, ValueRange], ValueRange | None]:
+    named: dict[str, ValueRange] = {}
+    every_float: ValueRange | None = None
+    for item in items or []:
+        head, sep, tail = item.partition(":")
+        if sep and not head.lstrip().startswith(("[", "(", "-")) and not _is_number(head):
+            named[head] = parse_range(tail)
+        else:
+            every_float = parse_range(item)
+    return named, every_float
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="the ONNX model to check")
+    backends = ", ".join(BACKENDS)
+    parser.add_argument("--reference", default="onnxrt", metavar="NAME",
+                        help=f"reference backend (default onnxrt); one of: {backends}")
+    parser.add_argument("--target", default=None, metavar="NAME",
+                        help="target backend (default trt-fp16 where TensorRT imports, else "
+                             "onnxrt-fp16)")
+    tol = parser.add_argument_group("tolerances (V for every output, OUT:V for one)")
+    tol.add_argument("--atol", nargs="+", metavar="[OUT:]V", help="absolute tolerance")
+    tol.add_argument("--rtol", nargs="+", metavar="[OUT:]V",
+                     help="relative tolerance, relative to the reference's values")
+    tol.add_argument("--check-error-stat", nargs="+", metavar="[OUT:]STAT",
+                     help=f"statistic checked against atol/rtol: {', '.join(ERROR_STATS)} "
+                          "(default elemwise: an element fails if it exceeds both)")
+    tol.add_argument("--error-quantile", nargs="+", metavar="[OUT:]Q",
+                     help="quantile for --check-error-stat quantile (default 0.99)")
+    tol.add_argument("--cosine", nargs="+", metavar="[OUT:]V",
+                     help="also require cosine similarity >= V")
+    tol.add_argument("--snr", nargs="+", metavar="[OUT:]DB", help="also require SNR >= DB")
+    data = parser.add_argument_group("inputs")
+    data.add_argument("--input-shapes", nargs="+", metavar="NAME:SHAPE",
+                      help="shapes for dynamic inputs, e.g. x:1x3x224x224")
+    data.add_argument("--val-range", nargs="+", metavar="[NAME:][LO,HI]",
+                      help="value range per input, e.g. x:[-1,1]; an unnamed range applies to "
+                           "every float input")
+    data.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for synthetic inputs")
+    data.add_argument("--inputs", type=Path, metavar="FILE",
+                      help="recorded inputs: .npz, or Polygraphy input .json")
+    backend = parser.add_argument_group("backends")
+    backend.add_argument("--providers", nargs="+", default=["cpu"],
+                         help="ONNX Runtime execution providers (default cpu)")
+    backend.add_argument("--tf32", action="store_true",
+                         help="allow TF32 in TensorRT (off by default, as in Polygraphy)")
+    backend.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE",
+                         help="ONNX nodes that stay in fp32 in reduced-precision targets")
+    backend.add_argument("--trt-major", type=int, choices=(10, 11),
+                         help="TensorRT major version to build for (default: installed one)")
+    out = parser.add_argument_group("outputs")
+    out.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
+    out.add_argument("--save-outputs", type=Path, metavar="FILE.json",
+                     help="save both runs as Polygraphy RunResults (polygraphy run "
+                          "--load-outputs reads it)")
+    out.add_argument("--save-inputs", type=Path, metavar="FILE.json",
+                     help="save the inputs as Polygraphy input JSON (--load-inputs reads it)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show Polygraphy's log and tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="trtcheck", description="Check that a TensorRT target computes what "
+                     "an ONNX model computes, against ONNX Runtime.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    compare = commands.add_parser(
+        "compare", help="run a reference and a target on the same inputs and compare outputs",
+        description="Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run.")
+    _add_compare_arguments(compare)
+    return parser
+
+
+def _tolerance_values(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    values: dict[str, dict[str, Any]] = {
+        "atol": _named_numbers("--atol", args.atol),
+        "rtol": _named_numbers("--rtol", args.rtol),
+        "check_error_stat": _error_stats(args.check_error_stat),
+        "error_quantile": _named_numbers("--error-quantile", args.error_quantile, upper=1.0),
+        "min_cosine": _named_numbers("--cosine", args.cosine, lower=-1.0, upper=1.0),
+        "min_snr": _named_numbers("--snr", args.snr, lower=-math.inf),
+    }
+    return {key: value for key, value in values.items() if value}
+
+
+def _check_output_path(flag: str, path: Path | None) -> None:
+    if path is not None and path.suffix != ".json":
+        raise UsageError(f"{flag} {path}: give a file name ending in .json")
+
+
+def request_from_args(args: argparse.Namespace):
+    from trtcheck.core import CompareRequest, ToleranceRequest
+
+    _check_output_path("--save-outputs", args.save_outputs)
+    _check_output_path("--save-inputs", args.save_inputs)
+    named_ranges, float_range = _ranges(args.val_range)
+    if args.inputs is not None and (args.input_shapes or args.val_range):
+        raise UsageError("--inputs gives recorded values, so --input-shapes and --val-range do "
+                         "not apply; drop one or the other")
+    return CompareRequest(
+        model=args.model,
+        reference=args.reference,
+        target=args.target,
+        tolerances=ToleranceRequest(_tolerance_values(args)),
+        inputs=InputSettings(shapes=_shapes(args.input_shapes), ranges=named_ranges,
+                             float_range=float_range, seed=args.seed, recorded=args.inputs),
+        options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
+                               keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
+                               work_dir=args.json.parent if args.json else None),
+        save_outputs=args.save_outputs,
+        save_inputs=args.save_inputs,
+    )
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    # rich already falls back to plain text when not a TTY and honours NO_COLOR.
+    return Console(stderr=stderr, highlight=False,
+                   width=None if sys.stdout.isatty() else 140)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from trtcheck.core import compare_model, library_versions
+    from trtcheck.report.json_report import error_to_dict, result_to_dict, write_json
+    from trtcheck.report.terminal import ComparisonView
+
+    console = _console()
+    try:
+        request = request_from_args(args)
+        result = compare_model(request, verbose=args.verbose)
+    except TrtcheckError as err:
+        if args.verbose:
+            raise
+        print(f"trtcheck: error: {err}", file=sys.stderr)
+        if args.json is not None:
+            write_json(error_to_dict(str(err), str(args.model), library_versions()), args.json)
+        return err.exit_code
+    if result.target_note:
+        console.print(result.target_note, style="yellow")
+    console.print(ComparisonView(result))
+    console.print("Same check with TensorRT, on a GPU machine:", style="dim")
+    # soft_wrap keeps the command on one line so it can be copied as it is.
+    console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
+    if args.json is not None:
+        write_json(result_to_dict(result), args.json)
+    return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "compare":
+        return run_compare(args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def entry_point() -> None:
+    os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")
+    sys.exit(main())

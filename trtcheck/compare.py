@@ -1,0 +1,309 @@
+"""Per-output comparison of a target against the reference, through Polygraphy's compare functions.
+
+Polygraphy decides the tolerance verdicts (`SimpleCompareFunc`, `CosineSimilarityCompareFunc`,
+`SnrCompareFunc`). Around it, this module does what Polygraphy does not:
+- outputs are matched strictly by name (Polygraphy falls back to substrings and positions with only a
+  warning, so `{logits, boxes}` against `{output_0, output_1}` would pass);
+- zero outputs compared is an error, never a pass;
+- a non-finite target value where the reference is finite fails whatever the tolerance (a `median`
+  or `quantile` statistic would otherwise let a few infs through);
+- it reports where the worst error is, how many elements exceed tolerance, the 99th percentile and
+  the smallest tolerances that would pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trtcheck.errors import TrtcheckError, UsageError
+
+ERROR_STATS = ("elemwise", "max", "mean", "median", "quantile")
+
+# Starting points per target precision; suites replace them with measured tolerances.
+DEFAULT_TOLERANCES = {
+    "fp32": (1e-4, 1e-4),
+    "fp16": (1e-2, 1e-2),
+    "bf16": (5e-2, 5e-2),
+}
+
+# Polygraphy adds this to zero reference values before dividing; the same here keeps the relative
+# errors shown equal to the ones it checks.
+_EPSILON = 2.220446049250313e-16
+
+
+class ComparisonError(TrtcheckError):
+    """The two runs cannot be compared: outputs missing, extra, or none at all."""
+
+    exit_code = 3
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The criteria one output is checked against."""
+
+    atol: float
+    rtol: float
+    check_error_stat: str = "elemwise"
+    error_quantile: float = 0.99
+    min_cosine: float | None = None
+    min_snr: float | None = None
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Per-output criteria: `per_output` overrides `default` field by field."""
+
+    default: Tolerance
+    per_output: dict[str, dict[str, float | str]] = field(default_factory=dict)
+
+    def for_output(self, name: str) -> Tolerance:
+        overrides = self.per_output.get(name, {})
+        merged = {**self.default.__dict__, **overrides}
+        return Tolerance(**merged)  # type: ignore[arg-type]
+
+    def check(self, output_names: tuple[str, ...]) -> None:
+        """Raises `UsageError` for overrides naming outputs the model does not have."""
+        for name in self.per_output:
+            if name not in output_names:
+                raise UsageError(
+                    f"a tolerance names output '{name}', which the model does not have; "
+                    f"its outputs are: {', '.join(output_names)}"
+                )
+
+    def as_dict(self, output_names: tuple[str, ...]) -> dict[str, dict[str, float | str | None]]:
+        return {name: dict(self.for_output(name).__dict__) for name in output_names}
+
+
+def check_tolerance_value(what: str, value: float) -> float:
+    """Raises `UsageError` unless `value` is a finite, non-negative number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or value < 0:
+        raise UsageError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OutputDiff:
+    """Everything the report shows about one output."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    tolerance: Tolerance
+    passed: bool
+    # Why it failed, one phrase each ("elemwise error exceeds atol/rtol", "3 non-finite values").
+    failures: tuple[str, ...]
+    elements: int
+    exceeding: int
+    nonfinite_mismatches: int
+    max_abs_error: float
+    max_abs_index: tuple[int, ...]
+    reference_at_max: float
+    target_at_max: float
+    max_rel_error: float
+    mean_abs_error: float
+    p99_abs_error: float
+    cosine: float
+    snr: float | None
+    # Smallest atol (rtol) that passes with the other tolerance unchanged; None if none would.
+    required_atol: float | None
+    required_rtol: float | None
+    iteration: int = 0
+
+
+def _abs_rel(target: np.ndarray, reference: np.ndarray):
+    if target.dtype == np.bool_ and reference.dtype == np.bool_:
+        absdiff = np.logical_xor(target, reference).astype(np.float64)
+    else:
+        t64, r64 = target.astype(np.float64), reference.astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            absdiff = np.abs(t64 - r64)
+        # Matching infinities agree (Polygraphy's infinities_compare_equal, set below too).
+        absdiff[np.isinf(t64) & (t64 == r64)] = 0.0
+    denominator = np.abs(reference.astype(np.float64))
+    denominator[denominator == 0] = _EPSILON
+    with np.errstate(invalid="ignore", over="ignore"):
+        reldiff = absdiff / denominator
+    return absdiff, reldiff
+
+
+def _failing_elements(absdiff, reldiff, tol: Tolerance) -> np.ndarray:
+    # Polygraphy's elemwise rule: an element fails only if it exceeds both tolerances.
+    return (np.isnan(absdiff) | (absdiff > tol.atol)) & (np.isnan(reldiff) | (reldiff > tol.rtol))
+
+
+def _stat(values: np.ndarray, tol: Tolerance) -> float:
+    # Polygraphy's own statistic functions, so "needs atol/rtol" agrees with its verdict.
+    from polygraphy.comparator import util as comp_util
+
+    if values.size == 0:
+        return 0.0
+    stat = tol.check_error_stat
+    if stat in ("max", "elemwise"):
+        return float(comp_util.compute_max(values))
+    if stat == "mean":
+        return float(comp_util.compute_mean(values))
+    if stat == "median":
+        return float(comp_util.compute_median(values))
+    return float(comp_util.compute_quantile(values, tol.error_quantile))
+
+
+def _required(absdiff, reldiff, tol: Tolerance, nonfinite: int):
+    if nonfinite or np.isnan(absdiff).any():
+        return None, None
+    if absdiff.size == 0:
+        return 0.0, 0.0
+    if tol.check_error_stat == "elemwise":
+        over_rtol = reldiff > tol.rtol
+        over_atol = absdiff > tol.atol
+        req_atol = float(absdiff[over_rtol].max()) if over_rtol.any() else 0.0
+        req_rtol = float(reldiff[over_atol].max()) if over_atol.any() else 0.0
+        return req_atol, req_rtol
+    stat_abs, stat_rel = _stat(absdiff, tol), _stat(reldiff, tol)
+    return (stat_abs if stat_rel > tol.rtol else 0.0), (stat_rel if stat_abs > tol.atol else 0.0)
+
+
+def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Tolerance,
+              simple_ok: bool, cosine: float, snr: float | None, iteration: int) -> OutputDiff:
+    if target.shape != reference.shape:
+        return OutputDiff(
+            name, tuple(reference.shape), str(reference.dtype), tol, False,
+            (f"shape {tuple(target.shape)} differs from the reference's {tuple(reference.shape)}",),
+            int(reference.size), int(reference.size), 0, math.nan, (), math.nan, math.nan,
+            math.nan, math.nan, math.nan, cosine, snr, None, None, iteration,
+        )
+    absdiff, reldiff = _abs_rel(target, reference)
+    failing = _failing_elements(absdiff, reldiff, tol)
+    nonfinite = 0
+    if np.issubdtype(target.dtype, np.floating):
+        nonfinite = int((~np.isfinite(target) & np.isfinite(reference)).sum())
+    if absdiff.size:
+        worst = int(np.argmax(np.isnan(absdiff))) if np.isnan(absdiff).any() else int(
+            np.argmax(absdiff))
+        index = tuple(int(i) for i in np.unravel_index(worst, absdiff.shape))
+        max_abs, max_rel = float(absdiff.flat[worst]), float(np.nanmax(reldiff))
+        # "higher" keeps p99 = inf when infinities are among the top 1% (linear would give nan).
+        mean_abs = float(np.nanmean(absdiff))
+        p99 = float(np.nanquantile(absdiff, 0.99, method="higher"))
+        ref_at, tgt_at = float(reference.flat[worst]), float(target.flat[worst])
+    else:
+        index, max_abs, max_rel, mean_abs, p99, ref_at, tgt_at = (), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    failures = []
+    if not simple_ok:
+        failures.append(f"{tol.check_error_stat} error exceeds atol={tol.atol:g}/rtol={tol.rtol:g}")
+    if nonfinite:
+        failures.append(f"{nonfinite} non-finite value(s) where the reference is finite")
+    if tol.min_cosine is not None and not cosine >= tol.min_cosine:
+        failures.append(f"cosine {cosine:.6f} < {tol.min_cosine:g}")
+    if tol.min_snr is not None and not (snr is not None and snr >= tol.min_snr):
+        failures.append(f"SNR {snr:.2f} dB < {tol.min_snr:g} dB")
+    req_atol, req_rtol = _required(absdiff, reldiff, tol, nonfinite)
+    return OutputDiff(
+        name=name, shape=tuple(reference.shape), dtype=str(reference.dtype), tolerance=tol,
+        passed=not failures, failures=tuple(failures), elements=int(absdiff.size),
+        exceeding=int(failing.sum()), nonfinite_mismatches=nonfinite, max_abs_error=max_abs,
+        max_abs_index=index, reference_at_max=ref_at, target_at_max=tgt_at, max_rel_error=max_rel,
+        mean_abs_error=mean_abs, p99_abs_error=p99, cosine=cosine, snr=snr,
+        required_atol=req_atol, required_rtol=req_rtol, iteration=iteration,
+    )
+
+
+def _check_names(reference_outputs, target_outputs, reference_name: str, target_name: str):
+    missing = [name for name in reference_outputs if name not in target_outputs]
+    extra = [name for name in target_outputs if name not in reference_outputs]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing from {target_name}: {', '.join(missing)}")
+        if extra:
+            parts.append(f"only in {target_name}: {', '.join(extra)}")
+        raise ComparisonError(
+            f"outputs do not match by name ({'; '.join(parts)}); outputs are never matched by "
+            "position, so rename them in the target model or mark the same outputs in both"
+        )
+    if not reference_outputs:
+        raise ComparisonError(
+            f"{reference_name} produced no outputs, so nothing was compared; check the model's "
+            "graph outputs"
+        )
+
+
+def _exact_name(output_name, index, iter_result):
+    return [output_name] if output_name in iter_result else None
+
+
+def compare_runs(run_results, reference_name: str, target_name: str,
+                 tolerances: Tolerances) -> list[OutputDiff]:
+    """Compares every output of every iteration; returns the worst iteration of each output."""
+    from polygraphy.comparator import Comparator
+    from polygraphy.comparator.compare import (
+        CosineSimilarityCompareFunc,
+        SimpleCompareFunc,
+        SnrCompareFunc,
+    )
+
+    reference_iterations = run_results[reference_name]
+    target_iterations = run_results[target_name]
+    names = list(reference_iterations[0].keys())
+    for ref_it, tgt_it in zip(reference_iterations, target_iterations, strict=True):
+        _check_names(list(ref_it.keys()), list(tgt_it.keys()), reference_name, target_name)
+    per_output = {name: tolerances.for_output(name) for name in names}
+
+    def per(field_name: str, fallback=None):
+        return {name: getattr(tol, field_name) if getattr(tol, field_name) is not None else fallback
+                for name, tol in per_output.items()}
+
+    simple = SimpleCompareFunc(
+        atol=per("atol"), rtol=per("rtol"), check_error_stat=per("check_error_stat"),
+        error_quantile=per("error_quantile"), infinities_compare_equal=True,
+        find_output_func=_exact_name,
+    )
+    # Cosine is always shown; it only decides the verdict when a minimum is set.
+    cosine = CosineSimilarityCompareFunc(
+        cosine_similarity_threshold=per("min_cosine", -1.0), find_output_func=_exact_name)
+    ref_index = list(run_results.keys()).index(reference_name)
+    tgt_index = list(run_results.keys()).index(target_name)
+    # Target first: Polygraphy's rtol is relative to the second runner, which must be the reference.
+    with np.errstate(all="ignore"):
+        simple_results, cosine_results = Comparator.compare_accuracy(
+            run_results, comparisons=[(tgt_index, ref_index)], compare_func=[simple, cosine])
+    snr_results = None
+    if any(tol.min_snr is not None for tol in per_output.values()):
+        snr = SnrCompareFunc(snr_threshold=per("min_snr", -math.inf), find_output_func=_exact_name)
+        # Reference first here: SNR takes the first runner as the signal.
+        with np.errstate(all="ignore"):
+            (snr_results,) = Comparator.compare_accuracy(
+                run_results, comparisons=[(ref_index, tgt_index)], compare_func=[snr])
+
+    return _worst_per_output(run_results, reference_name, target_name, names, per_output,
+                             simple_results, cosine_results, snr_results)
+
+
+def _worst_per_output(run_results, reference_name, target_name, names, per_output,
+                      simple_results, cosine_results, snr_results) -> list[OutputDiff]:
+    reference_iterations = run_results[reference_name]
+    target_iterations = run_results[target_name]
+    pair = (target_name, reference_name)
+    worst: dict[str, OutputDiff] = {}
+    for iteration, (ref_it, tgt_it) in enumerate(zip(reference_iterations, target_iterations,
+                                                     strict=True)):
+        for name in names:
+            snr_value = None
+            if snr_results is not None and per_output[name].min_snr is not None:
+                snr_value = float(snr_results[(reference_name, target_name)][iteration][name].snr)
+            cosine_result = cosine_results[pair][iteration][name]
+            with np.errstate(all="ignore"):
+                diff = _describe(
+                    name, np.asarray(tgt_it[name]), np.asarray(ref_it[name]), per_output[name],
+                    bool(simple_results[pair][iteration][name]),
+                    float(getattr(cosine_result, "cosine_similarity", math.nan)), snr_value,
+                    iteration,
+                )
+            previous = worst.get(name)
+            if previous is None or (previous.passed, -previous.max_abs_error) > (
+                    diff.passed, -diff.max_abs_error):
+                worst[name] = diff
+    return [worst[name] for name in names]

@@ -1,0 +1,200 @@
+"""The one API under the CLI and the pytest plugin: load -> feeds -> run both backends -> compare."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtcheck.atomic import write_atomically
+from trtcheck.backends import (
+    Backend,
+    BackendOptions,
+    get_backend,
+    make_runner,
+    tensorrt_version,
+)
+from trtcheck.compare import DEFAULT_TOLERANCES, OutputDiff, Tolerance, Tolerances, compare_runs
+from trtcheck.errors import BackendRunError, TrtcheckError
+from trtcheck.inputs import Feeds, InputSettings, make_feeds
+from trtcheck.model import LoadedModel, load_model
+from trtcheck.precision import PrecisionPlan
+from trtcheck.repro import polygraphy_command
+
+
+@dataclass(frozen=True)
+class ToleranceRequest:
+    """Tolerances as the user gave them: field -> {output name or "" for all -> value}.
+
+    Fields left out take the target precision's defaults (`compare.DEFAULT_TOLERANCES`).
+    """
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolve(self, precision: str) -> Tolerances:
+        atol, rtol = DEFAULT_TOLERANCES[precision]
+        defaults: dict[str, Any] = {"atol": atol, "rtol": rtol}
+        per_output: dict[str, dict[str, Any]] = {}
+        for field_name, by_output in self.values.items():
+            for output, value in by_output.items():
+                if output == "":
+                    defaults[field_name] = value
+                else:
+                    per_output.setdefault(output, {})[field_name] = value
+        return Tolerances(Tolerance(**defaults), per_output)
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """What to compare and how."""
+
+    model: Path
+    reference: str = "onnxrt"
+    # None picks the default target (trt-fp16 where TensorRT imports, else onnxrt-fp16).
+    target: str | None = None
+    tolerances: ToleranceRequest = field(default_factory=ToleranceRequest)
+    inputs: InputSettings = field(default_factory=InputSettings)
+    options: BackendOptions = field(default_factory=BackendOptions)
+    save_outputs: Path | None = None
+    save_inputs: Path | None = None
+
+
+@dataclass
+class ComparisonResult:
+    """The outcome of one comparison: verdict, per-output diffs and the effective configuration."""
+
+    model_path: str
+    model_sha256: str
+    reference: Backend
+    target: Backend
+    target_note: str | None
+    tolerances: Tolerances
+    feeds: Feeds
+    options: BackendOptions
+    outputs: list[OutputDiff]
+    versions: dict[str, str | None]
+    timings: dict[str, float]
+    polygraphy_command: str
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if all(diff.passed for diff in self.outputs) else "fail"
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for dist in ("trtcheck", "polygraphy", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            versions[dist] = None
+    versions["tensorrt"] = tensorrt_version()
+    return versions
+
+
+@contextlib.contextmanager
+def quiet_polygraphy(verbose: bool = False) -> Iterator[None]:
+    """Keeps Polygraphy's own log off the terminal; trtcheck reports the results itself."""
+    from polygraphy.logger import G_LOGGER
+
+    previous = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = previous
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _run(runners: list[Any], feeds: Feeds):
+    from polygraphy.comparator import Comparator
+    from polygraphy.exception import PolygraphyException
+
+    try:
+        return Comparator.run(runners, data_loader=feeds.iterations)
+    except PolygraphyException as err:
+        raise BackendRunError(f"a backend failed to run: {_first_line(err)}") from err
+    except Exception as err:  # ONNX Runtime raises its own exception types from inference.
+        raise BackendRunError(
+            f"a backend failed to run the model: {_first_line(err)}; run with --verbose to see "
+            "which one"
+        ) from err
+
+
+def resolve_target(name: str | None) -> tuple[Backend, str | None]:
+    from trtcheck.backends import default_target
+
+    if name is not None:
+        return get_backend(name), None
+    chosen, reason = default_target()
+    return get_backend(chosen), f"target {chosen}: {reason}"
+
+
+def compare_model(request: CompareRequest, verbose: bool = False,
+                  model: LoadedModel | None = None) -> ComparisonResult:
+    """Runs the reference and the target on the same inputs and compares every output.
+
+    Raises `TrtcheckError` subclasses for bad input (exit 2) and for backends that cannot run
+    (exit 3); a mismatch is a result with verdict "fail", not an exception.
+    """
+    with quiet_polygraphy(verbose):
+        return _compare_model(request, model)
+
+
+def _compare_model(request: CompareRequest, model: LoadedModel | None) -> ComparisonResult:
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    reference = get_backend(request.reference)
+    target, target_note = resolve_target(request.target)
+    model = model or load_model(request.model)
+    tolerances = request.tolerances.resolve(target.precision)
+    tolerances.check(model.output_names)
+    PrecisionPlan(target.precision, request.options.keep_fp32).check_nodes(model.proto)
+    feeds = make_feeds(model, request.inputs)
+    # TensorRT profiles (and the repro command) take the shapes fed to dynamic inputs.
+    dynamic_shapes = {d.name: d.shape for d in feeds.described if model.input(d.name).is_dynamic}
+    options = BackendOptions(**{**request.options.__dict__, "shapes": dynamic_shapes})
+    timings["prepare"] = time.perf_counter() - started
+
+    reference_name, target_name = f"reference:{reference.name}", f"target:{target.name}"
+    start = time.perf_counter()
+    try:
+        runners = [make_runner(model, reference, options, reference_name),
+                   make_runner(model, target, options, target_name)]
+    except TrtcheckError:
+        raise
+    except Exception as err:
+        raise BackendRunError(f"could not build a backend: {_first_line(err)}") from err
+    run_results = _run(runners, feeds)
+    timings["run"] = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs = compare_runs(run_results, reference_name, target_name, tolerances)
+    timings["compare"] = time.perf_counter() - start
+
+    if request.save_outputs is not None:
+        write_atomically(request.save_outputs, lambda path: run_results.save(path))
+    if request.save_inputs is not None:
+        from polygraphy.json import save_json
+
+        write_atomically(request.save_inputs,
+                          lambda path: save_json(feeds.iterations, path, "inputs"))
+    versions = library_versions()
+    trt_major = options.trt_major or (
+        int(versions["tensorrt"].split(".")[0]) if versions["tensorrt"] else None)
+    command = polygraphy_command(
+        str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
+        load_inputs=str(request.save_inputs) if request.save_inputs else None)
+    timings["total"] = time.perf_counter() - started
+    return ComparisonResult(
+        model_path=str(model.path), model_sha256=model.sha256, reference=reference, target=target,
+        target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
+        outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
+    )

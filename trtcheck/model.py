@@ -1,0 +1,158 @@
+"""Safe loading of ONNX models: readable, valid, external data kept inside the model's folder.
+
+`onnx.load` alone turns a truncated file into a protobuf DecodeError and follows external-data
+paths wherever they point; here each failure becomes one line that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+
+from trtcheck.errors import ModelError
+
+# A dimension is a fixed size, or a symbolic name / None when the model leaves it dynamic.
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One graph input: its name, numpy dtype and declared shape."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...]
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(not isinstance(dim, int) or dim < 0 for dim in self.shape)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A validated model and what later stages need to know about it."""
+
+    path: Path
+    proto: onnx.ModelProto
+    sha256: str
+    inputs: tuple[InputInfo, ...]
+    output_names: tuple[str, ...]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(inp.name for inp in self.inputs)
+
+    def input(self, name: str) -> InputInfo:
+        for inp in self.inputs:
+            if inp.name == name:
+                return inp
+        raise KeyError(name)
+
+    def has_external_data(self) -> bool:
+        return any(_is_external(t) for t in _all_initializers(self.proto.graph))
+
+
+def _all_initializers(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_initializers(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_initializers(sub)
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _check_external_locations(model: onnx.ModelProto, model_path: Path) -> None:
+    base = model_path.parent.resolve()
+    for tensor in _all_initializers(model.graph):
+        if not _is_external(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (base / location).resolve()
+        if os.path.isabs(location) or not target.is_relative_to(base):
+            raise ModelError(
+                f"{model_path}: initializer '{tensor.name}' stores its data at '{location}', outside "
+                f"the model's folder {base}; move the data file next to the model and set a relative "
+                "location"
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"{model_path}: initializer '{tensor.name}' needs external data file '{location}', "
+                f"which is missing from {base}; copy it next to the model"
+            )
+
+
+def _input_infos(graph: onnx.GraphProto) -> tuple[InputInfo, ...]:
+    initializer_names = {t.name for t in graph.initializer}
+    infos = []
+    for value in graph.input:
+        if value.name in initializer_names:
+            continue
+        tensor_type = value.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+        dims: list[Dim] = []
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(dim.dim_value)
+            else:
+                dims.append(dim.dim_param or None)
+        infos.append(InputInfo(value.name, np.dtype(dtype), tuple(dims)))
+    return tuple(infos)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """Loads and validates an ONNX model, raising `ModelError` with a one-line fix on bad input."""
+    model_path = Path(path)
+    if not model_path.exists():
+        raise ModelError(f"{model_path}: no such file; check the path")
+    if not model_path.is_file():
+        raise ModelError(f"{model_path}: is a directory, not an ONNX file; name the .onnx file")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except DecodeError as err:
+        raise ModelError(
+            f"{model_path}: not a readable ONNX model (protobuf decode failed: the file is "
+            "truncated or not ONNX); re-export or re-download it"
+        ) from err
+    except OSError as err:
+        raise ModelError(f"{model_path}: cannot be read ({err.strerror}); check permissions") from err
+    # Protobuf happily decodes many non-ONNX byte strings into an empty message.
+    if model.ir_version == 0 or not model.graph.output:
+        raise ModelError(
+            f"{model_path}: not an ONNX model (no IR version or no graph outputs); pass a .onnx file"
+        )
+    _check_external_locations(model, model_path)
+    if any(_is_external(t) for t in _all_initializers(model.graph)):
+        onnx.load_external_data_for_model(model, str(model_path.parent))
+    try:
+        # The path form also checks models over 2 GB and external data.
+        onnx.checker.check_model(str(model_path))
+    except onnx.checker.ValidationError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
+        raise ModelError(f"{model_path}: rejected by onnx.checker: {first_line}") from err
+    return LoadedModel(
+        path=model_path,
+        proto=model,
+        sha256=sha256_of(model_path),
+        inputs=_input_infos(model.graph),
+        output_names=tuple(out.name for out in model.graph.output),
+    )

@@ -1,0 +1,108 @@
+"""The JSON report: a versioned, documented schema (docs/json-report.md) with statistics only."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from trtcheck.compare import OutputDiff
+from trtcheck.atomic import write_atomically
+from trtcheck.core import ComparisonResult
+
+SCHEMA = "trtcheck.compare"
+SCHEMA_VERSION = 1
+
+
+def _number(value: float | None) -> float | str | None:
+    # JSON has no inf/nan; they are written as strings so the file stays standard JSON.
+    if value is None:
+        return None
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def output_to_dict(diff: OutputDiff) -> dict[str, Any]:
+    return {
+        "name": diff.name,
+        "passed": diff.passed,
+        "failures": list(diff.failures),
+        "shape": list(diff.shape),
+        "dtype": diff.dtype,
+        "iteration": diff.iteration,
+        "elements": diff.elements,
+        "exceeding": diff.exceeding,
+        "nonfinite_mismatches": diff.nonfinite_mismatches,
+        "max_abs_error": _number(diff.max_abs_error),
+        "max_abs_index": list(diff.max_abs_index),
+        "reference_at_max": _number(diff.reference_at_max),
+        "target_at_max": _number(diff.target_at_max),
+        "max_rel_error": _number(diff.max_rel_error),
+        "mean_abs_error": _number(diff.mean_abs_error),
+        "p99_abs_error": _number(diff.p99_abs_error),
+        "cosine": _number(diff.cosine),
+        "snr": _number(diff.snr),
+        "required_atol": _number(diff.required_atol),
+        "required_rtol": _number(diff.required_rtol),
+        "tolerance": {key: _number(v) if isinstance(v, float) else v
+                      for key, v in diff.tolerance.__dict__.items()},
+    }
+
+
+def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "verdict": result.verdict,
+        "error": None,
+        "model": {"path": result.model_path, "sha256": result.model_sha256},
+        "outputs": [output_to_dict(diff) for diff in result.outputs],
+        "config": {
+            "reference": {"backend": result.reference.name,
+                          "precision": result.reference.precision},
+            "target": {"backend": result.target.name, "precision": result.target.precision,
+                       "note": result.target_note},
+            "providers": list(result.options.providers),
+            "tf32": result.options.tf32,
+            "keep_fp32": sorted(result.options.keep_fp32),
+            "tolerances": {
+                "default": {k: _number(v) if isinstance(v, float) else v
+                            for k, v in result.tolerances.default.__dict__.items()},
+                "per_output": result.tolerances.per_output,
+            },
+            "inputs": [
+                {"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
+                 "range": [d.value_range[0], d.value_range[1]], "source": d.source}
+                for d in result.feeds.described
+            ],
+            "seed": result.feeds.seed,
+            "iterations": len(result.feeds.iterations),
+        },
+        "versions": result.versions,
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "polygraphy_command": result.polygraphy_command,
+    }
+
+
+def error_to_dict(message: str, model_path: str | None, versions: dict[str, str | None]):
+    return {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "verdict": "error",
+        "error": message,
+        "model": {"path": model_path, "sha256": None},
+        "outputs": [],
+        "config": None,
+        "versions": versions,
+        "timings_s": {},
+        "polygraphy_command": None,
+    }
+
+
+def write_json(document: dict[str, Any], path: Path) -> None:
+    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
+    write_atomically(path, lambda partial: Path(partial).write_text(text))

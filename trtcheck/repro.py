@@ -1,0 +1,90 @@
+"""Commands that reproduce a comparison: the `polygraphy run` equivalent and the `trtcheck` one."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+
+from trtcheck.backends import Backend, BackendOptions, polygraphy_flags
+from trtcheck.compare import Tolerances
+from trtcheck.inputs import Feeds, InputSettings
+
+
+def _shape(shape: Iterable[int]) -> str:
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _per_output(flag: str, values: dict[str, str], default: str | None) -> list[str]:
+    args = [default] if default is not None else []
+    args += [f"{name}:{value}" for name, value in values.items()]
+    return [flag, *args] if args else []
+
+
+def _tolerance_flags(tolerances: Tolerances) -> list[str]:
+    default = tolerances.default
+    flags: list[str] = []
+    for field_name, flag, fmt in (
+        ("atol", "--atol", _number),
+        ("rtol", "--rtol", _number),
+        ("check_error_stat", "--check-error-stat", str),
+        ("min_cosine", "--cosine-similarity-threshold", _number),
+        ("min_snr", "--snr-threshold", _number),
+    ):
+        base = getattr(default, field_name)
+        overrides = {name: fmt(o[field_name]) for name, o in tolerances.per_output.items()
+                     if field_name in o and o[field_name] is not None}
+        flags += _per_output(flag, overrides, fmt(base) if base is not None else None)
+    if default.check_error_stat == "quantile" or any(
+            o.get("check_error_stat") == "quantile" for o in tolerances.per_output.values()):
+        flags += ["--error-quantile", _number(default.error_quantile)]
+    compare = ["simple"]
+    if default.min_cosine is not None or any("min_cosine" in o for o in
+                                              tolerances.per_output.values()):
+        compare.append("cosine_similarity")
+    if default.min_snr is not None or any("min_snr" in o for o in tolerances.per_output.values()):
+        compare.append("snr")
+    if len(compare) > 1:
+        flags += ["--compare", *compare]
+    return flags
+
+
+def polygraphy_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
+                       settings: InputSettings, tolerances: Tolerances,
+                       options: BackendOptions, trt_major: int | None,
+                       load_inputs: str | None = None) -> str:
+    """The `polygraphy run` command that checks the same thing on a machine with TensorRT.
+
+    The target runs first, so Polygraphy's rtol is relative to the reference, as in trtcheck.
+    On TensorRT 11 a reduced-precision target needs the converted model that trtcheck writes.
+    """
+    args = ["polygraphy", "run"]
+    if (trt_major or 10) >= 11 and target.precision != "fp32":
+        args += [f"{model_path.removesuffix('.onnx')}.{target.precision}.onnx", "--trt",
+                 "--strongly-typed"]
+        if options.tf32:
+            args.append("--tf32")
+    else:
+        args += [model_path, *polygraphy_flags(target, options, trt_major)]
+    args += polygraphy_flags(reference, options, trt_major)
+    if load_inputs is None and settings.recorded is not None:
+        # Polygraphy reads only its own JSON; an .npz must be saved as JSON (--save-inputs) first.
+        load_inputs = str(settings.recorded.with_suffix(".json"))
+    if load_inputs is not None:
+        args += ["--load-inputs", load_inputs]
+    else:
+        shapes = [f"{d.name}:{_shape(d.shape)}" for d in feeds.described]
+        args += ["--input-shapes", *shapes]
+        args += ["--val-range", *(f"{d.name}:[{_number(d.value_range[0])},"
+                                  f"{_number(d.value_range[1])}]" for d in feeds.described)]
+        args += ["--seed", str(feeds.seed if feeds.seed is not None else settings.seed)]
+    dynamic = [f"{name}:{_shape(shape)}" for name, shape in options.shapes.items()]
+    if dynamic and (target.family == "trt" or target.emulated):
+        for flag in ("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"):
+            args += [flag, *dynamic]
+    args += _tolerance_flags(tolerances)
+    args.append("--infinities-compare-equal")
+    return shlex.join(args)
