@@ -215,7 +215,11 @@ def _recorded(model: LoadedModel, path: Path) -> Feeds:
             value = feed[info.name]
             _static_shape(info, tuple(value.shape), model)
             if value.dtype != info.dtype:
-                if not np.can_cast(value.dtype, info.dtype, casting="same_kind"):
+                # float64 -> float32 or int32 -> int64 is a recording detail; int for a float
+                # input (or the reverse) is a wrong recording.
+                same_kind = {value.dtype.kind, info.dtype.kind} <= {"i", "u"} or (
+                    value.dtype.kind == info.dtype.kind)
+                if not same_kind:
                     raise InputDataError(
                         f"{path}: input '{info.name}' is {value.dtype} but the model takes "
                         f"{info.dtype}; record it as {info.dtype}"

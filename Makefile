@@ -1,0 +1,35 @@
+# `make demo` and `make test` each create the virtual environment they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Compares the bundled two-output CNN on the default target: `scores` passes, `energy` overflows
+# fp16 and fails. Exit code 1 (mismatch) is the expected outcome; anything else fails the demo.
+demo: $(STAMP)
+	$(PY) -m zoo.build
+	$(PY) -m trtcheck compare zoo/demo.onnx --json demo-out/report.json \
+		--save-outputs demo-out/outputs.json; status=$$?; \
+	if [ $$status -ne 1 ]; then echo "demo: expected exit 1 (one output fails), got $$status"; exit 1; fi; \
+	echo "demo: report in demo-out/report.json, outputs in demo-out/outputs.json"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check trtcheck tests zoo bench conftest.py
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) bench/compare_wall_time.py --repeats 5
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
