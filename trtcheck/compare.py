@@ -2,8 +2,8 @@
 
 Polygraphy decides the tolerance verdicts (`SimpleCompareFunc`, `CosineSimilarityCompareFunc`,
 `SnrCompareFunc`). Around it, this module does what Polygraphy does not:
-- outputs are matched strictly by name (Polygraphy falls back to substrings and positions with only a
-  warning, so `{logits, boxes}` against `{output_0, output_1}` would pass);
+- outputs are matched strictly by name (Polygraphy falls back to substrings and positions with
+  only a warning, so `{logits, boxes}` against `{output_0, output_1}` would pass);
 - zero outputs compared is an error, never a pass;
 - a non-finite target value where the reference is finite fails whatever the tolerance (a `median`
   or `quantile` statistic would otherwise let a few infs through);
@@ -62,7 +62,7 @@ class Tolerances:
     def for_output(self, name: str) -> Tolerance:
         overrides = self.per_output.get(name, {})
         merged = {**self.default.__dict__, **overrides}
-        return Tolerance(**merged)  # type: ignore[arg-type]
+        return Tolerance(**merged)
 
     def check(self, output_names: tuple[str, ...]) -> None:
         """Raises `UsageError` for overrides naming outputs the model does not have."""

@@ -1,4 +1,4 @@
-"""The one API under the CLI and the pytest plugin: load -> feeds -> run both backends -> compare."""
+"""The one API under the CLI and the pytest plugin: load, feed, run both backends, compare."""
 
 from __future__ import annotations
 

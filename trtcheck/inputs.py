@@ -1,4 +1,4 @@
-"""Deterministic input feeds: seeded synthetic data through Polygraphy's DataLoader, or recorded files.
+"""Deterministic input feeds: seeded synthetic data (Polygraphy's DataLoader) or recorded files.
 
 Polygraphy's DataLoader silently replaces an unknown dynamic dimension with 1 and applies one value
 range to every input, floats and integers alike. Here a dynamic dimension without a shape is an

@@ -82,9 +82,9 @@ def _check_external_locations(model: onnx.ModelProto, model_path: Path) -> None:
         target = (base / location).resolve()
         if os.path.isabs(location) or not target.is_relative_to(base):
             raise ModelError(
-                f"{model_path}: initializer '{tensor.name}' stores its data at '{location}', outside "
-                f"the model's folder {base}; move the data file next to the model and set a relative "
-                "location"
+                f"{model_path}: initializer '{tensor.name}' stores its data at '{location}', "
+                f"outside the model's folder {base}; move the data file next to the model and set "
+                "a relative location"
             )
         if not target.is_file():
             raise ModelError(
@@ -134,11 +134,13 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
             "truncated or not ONNX); re-export or re-download it"
         ) from err
     except OSError as err:
-        raise ModelError(f"{model_path}: cannot be read ({err.strerror}); check permissions") from err
+        raise ModelError(
+            f"{model_path}: cannot be read ({err.strerror}); check permissions") from err
     # Protobuf happily decodes many non-ONNX byte strings into an empty message.
     if model.ir_version == 0 or not model.graph.output:
         raise ModelError(
-            f"{model_path}: not an ONNX model (no IR version or no graph outputs); pass a .onnx file"
+            f"{model_path}: not an ONNX model (no IR version or no graph outputs); "
+            "pass a .onnx file"
         )
     _check_external_locations(model, model_path)
     if any(_is_external(t) for t in _all_initializers(model.graph)):

@@ -83,8 +83,8 @@ class PrecisionPlan:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         if opset < _MIN_OPSET[self.precision]:
             raise UsageError(
-                f"{self.precision} needs opset >= {_MIN_OPSET[self.precision]} for its Cast, but the "
-                f"model is opset {opset}; convert it with onnx.version_converter or use fp16"
+                f"{self.precision} needs opset >= {_MIN_OPSET[self.precision]} for its Cast, but "
+                f"the model is opset {opset}; convert it with onnx.version_converter or use fp16"
             )
 
 

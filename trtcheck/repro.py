@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from trtcheck.backends import Backend, BackendOptions, polygraphy_flags
 from trtcheck.compare import Tolerances
@@ -14,7 +15,7 @@ def _shape(shape: Iterable[int]) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _number(value: float) -> str:
+def _number(value: Any) -> str:
     return f"{value:g}"
 
 
@@ -27,13 +28,14 @@ def _per_output(flag: str, values: dict[str, str], default: str | None) -> list[
 def _tolerance_flags(tolerances: Tolerances) -> list[str]:
     default = tolerances.default
     flags: list[str] = []
-    for field_name, flag, fmt in (
+    fields: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
         ("atol", "--atol", _number),
         ("rtol", "--rtol", _number),
         ("check_error_stat", "--check-error-stat", str),
         ("min_cosine", "--cosine-similarity-threshold", _number),
         ("min_snr", "--snr-threshold", _number),
-    ):
+    )
+    for field_name, flag, fmt in fields:
         base = getattr(default, field_name)
         overrides = {name: fmt(o[field_name]) for name, o in tolerances.per_output.items()
                      if field_name in o and o[field_name] is not None}

@@ -7,8 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from trtcheck.compare import OutputDiff
 from trtcheck.atomic import write_atomically
+from trtcheck.compare import OutputDiff
 from trtcheck.core import ComparisonResult
 
 SCHEMA = "trtcheck.compare"
