@@ -14,6 +14,7 @@ Polygraphy decides the tolerance verdicts (`SimpleCompareFunc`, `CosineSimilarit
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -295,7 +296,9 @@ def _worst_per_output(run_results, reference_name, target_name, names, per_outpu
             if snr_results is not None and per_output[name].min_snr is not None:
                 snr_value = float(snr_results[(reference_name, target_name)][iteration][name].snr)
             cosine_result = cosine_results[pair][iteration][name]
-            with np.errstate(all="ignore"):
+            # All-NaN or empty slices are reported as nan, not warned about.
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 diff = _describe(
                     name, np.asarray(tgt_it[name]), np.asarray(ref_it[name]), per_output[name],
                     bool(simple_results[pair][iteration][name]),

@@ -1,0 +1,261 @@
+"""Wall time of `trtcheck compare` next to `polygraphy run --onnxrt --onnxrt`, on the same inputs.
+
+What it measures: the wall time of whole CLI runs, process start to exit, including the
+interpreter start-up, the imports, loading the model, two ONNX Runtime sessions and the
+comparison. It is the time a user waits for one check, not the time of one inference.
+
+For each model (zoo/demo.onnx, and onnx's bundled light_squeezenet and light_resnet50, both
+opset 9 with input [1,3,224,224] float32), the bench:
+
+1. records one set of inputs with `trtcheck compare MODEL --save-inputs F.json` (not timed), so
+   both tools run on exactly the same arrays;
+2. runs every command once, untimed, as a warm-up (page cache, .pyc files) and to check that it
+   works at all;
+3. times N rounds, interleaved (A, B, C, A, B, C, ...), so machine noise hits every command:
+
+   - `trtcheck compare MODEL --reference onnxrt --target onnxrt --inputs F.json`
+   - `polygraphy run MODEL --onnxrt --onnxrt --load-inputs F.json`
+   - `trtcheck compare MODEL --target onnxrt-fp16 --inputs F.json`
+
+The first two are peers: both run fp32 ONNX Runtime twice and compare the outputs. The third
+does more work (it builds the fp16-emulated model first); its ratio is still taken against
+the same polygraphy row.
+
+Exit codes 0 (pass) and 1 (mismatch) are legitimate outcomes of both tools; any other exit code
+stops the bench with the command's stderr and a non-zero exit.
+
+Run it from the repository root, in the venv where trtcheck and polygraphy are installed:
+
+    python bench/compare_wall_time.py --repeats 5
+    python bench/compare_wall_time.py --repeats 5 --json wall_time.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "zoo" / "demo.onnx"
+LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = ("light_squeezenet.onnx", "light_resnet50.onnx")
+
+TRTCHECK = [sys.executable, "-m", "trtcheck"]
+POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
+
+OK_EXIT_CODES = (0, 1)  # pass, mismatch: both tools use them the same way
+BASELINE = "polygraphy --onnxrt --onnxrt"
+EXTRA_WORK_MARK = "*"
+
+
+class BenchError(RuntimeError):
+    """A command could not run: the bench stops and says why."""
+
+
+@dataclass
+class Row:
+    label: str
+    argv: list[str]
+    times: list[float] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def best(self) -> float:
+        return min(self.times)
+
+
+@dataclass
+class ModelBench:
+    name: str
+    path: Path
+    rows: list[Row]
+
+    def baseline(self) -> Row:
+        return next(row for row in self.rows if row.label == BASELINE)
+
+    def ratio(self, row: Row) -> float:
+        return row.median / self.baseline().median
+
+
+def run(argv: list[str], timeout: float) -> tuple[float, int]:
+    """Run one command; return its wall time in seconds and its exit code."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"timed out after {timeout:g} s: {_shell(argv)}") from exc
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in OK_EXIT_CODES:
+        raise BenchError(
+            f"exit code {proc.returncode} (expected 0 or 1): {_shell(argv)}\n"
+            f"--- stderr ---\n{proc.stderr.rstrip()}\n"
+            f"--- stdout (last 20 lines) ---\n" + "\n".join(proc.stdout.splitlines()[-20:])
+        )
+    return elapsed, proc.returncode
+
+
+def _shell(argv: list[str]) -> str:
+    return " ".join(argv)
+
+
+def models() -> list[tuple[str, Path]]:
+    """The benched models, building zoo/demo.onnx first if it is missing."""
+    if not DEMO.exists():
+        print(f"{DEMO.relative_to(REPO)} is missing: building it with python -m zoo.build")
+        proc = subprocess.run([sys.executable, "-m", "zoo.build"], cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode != 0 or not DEMO.exists():
+            raise BenchError(f"python -m zoo.build failed:\n{proc.stderr.rstrip()}")
+    found = [("demo", DEMO)]
+    for filename in LIGHT_MODELS:
+        path = LIGHT_DIR / filename
+        if not path.exists():
+            raise BenchError(f"{path} not found: this onnx package does not ship it")
+        found.append((path.stem, path))
+    return found
+
+
+def commands(model: Path, inputs: Path) -> list[Row]:
+    """The timed commands for one model; the polygraphy row is the baseline."""
+    m, f = str(model), str(inputs)
+    return [
+        Row("trtcheck onnxrt vs onnxrt",
+            [*TRTCHECK, "compare", m, "--reference", "onnxrt", "--target", "onnxrt",
+             "--inputs", f]),
+        Row(BASELINE, [str(POLYGRAPHY), "run", m, "--onnxrt", "--onnxrt", "--load-inputs", f]),
+        Row(f"trtcheck onnxrt-fp16 {EXTRA_WORK_MARK}",
+            [*TRTCHECK, "compare", m, "--target", "onnxrt-fp16", "--inputs", f]),
+    ]
+
+
+def bench_model(name: str, path: Path, workdir: Path, repeats: int, timeout: float) -> ModelBench:
+    inputs = workdir / f"{name}.inputs.json"
+    run([*TRTCHECK, "compare", str(path), "--reference", "onnxrt", "--target", "onnxrt",
+         "--save-inputs", str(inputs)], timeout)
+    if not inputs.exists():
+        raise BenchError(f"trtcheck --save-inputs did not write {inputs}")
+    rows = commands(path, inputs)
+    for row in rows:  # warm-up, untimed
+        run(row.argv, timeout)
+    for _ in range(repeats):  # interleaved: A, B, C, A, B, C, ...
+        for row in rows:
+            elapsed, code = run(row.argv, timeout)
+            row.times.append(elapsed)
+            row.exit_codes.append(code)
+    return ModelBench(name, path, rows)
+
+
+def render(results: list[ModelBench], repeats: int) -> str:
+    header = ("model", "command", "median s", "min s", "ratio vs polygraphy")
+    lines: list[tuple[str, ...]] = []
+    for result in results:
+        for row in result.rows:
+            ratio = "-" if row.label == BASELINE else f"{result.ratio(row):.2f}"
+            lines.append((result.name, row.label, f"{row.median:.3f}", f"{row.best:.3f}", ratio))
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    right = (False, False, True, True, True)
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ).rstrip()
+
+    out = [fmt(header), "  ".join("-" * w for w in widths)]
+    previous = None
+    for cells in lines:
+        shown = cells if cells[0] != previous else ("", *cells[1:])
+        previous = cells[0]
+        out.append(fmt(shown))
+    out.append("")
+    out.append(f"{repeats} timed run(s) per command, interleaved, after one untimed warm-up;")
+    out.append("ratio = trtcheck median / polygraphy median on the same model and inputs.")
+    out.append(f"{EXTRA_WORK_MARK} trtcheck does extra work in this row: it builds the "
+               "fp16-emulated model before")
+    out.append("  running it, so it is not a like-for-like peer of the polygraphy fp32 row.")
+    mismatches: dict[str, list[str]] = {}
+    for result in results:
+        for row in result.rows:
+            if 1 in row.exit_codes:
+                mismatches.setdefault(row.label.rstrip(f" {EXTRA_WORK_MARK}"), []).append(
+                    result.name
+                )
+    for label, names in mismatches.items():
+        out.append(f"exit 1 (mismatch, a legitimate outcome): {label} on {', '.join(names)}")
+    return "\n".join(out)
+
+
+def to_json(results: list[ModelBench], repeats: int) -> dict[str, object]:
+    return {
+        "repeats": repeats,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "models": [
+            {
+                "model": result.name,
+                "path": str(result.path),
+                "rows": [
+                    {
+                        "command": row.label,
+                        "argv": row.argv,
+                        "times_s": row.times,
+                        "median_s": row.median,
+                        "min_s": row.best,
+                        "ratio_vs_polygraphy": result.ratio(row),
+                        "exit_codes": row.exit_codes,
+                    }
+                    for row in result.rows
+                ],
+            }
+            for result in results
+        ],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs per command (default 5)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers here")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds before one command counts as hung (default 600)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    if not POLYGRAPHY.exists():
+        print(f"polygraphy not found at {POLYGRAPHY}", file=sys.stderr)
+        return 2
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="trtcheck-bench-") as tmp:
+            results = []
+            for name, path in models():
+                print(f"benching {name} ...", file=sys.stderr, flush=True)
+                results.append(bench_model(name, path, Path(tmp), args.repeats, args.timeout))
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 3
+
+    print(render(results, args.repeats))
+    if args.json:
+        args.json.write_text(json.dumps(to_json(results, args.repeats), indent=2) + "\n")
+        print(f"numbers written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
