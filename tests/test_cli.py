@@ -186,3 +186,23 @@ def test_json_report_matches_schema(save_model, trtcheck_cli, tmp_path):
     error_report = read_json(tmp_path / "e.json")
     jsonschema.validate(error_report, schema)
     assert error_report["verdict"] == "error" and "missing.onnx" in error_report["error"]
+
+
+def test_tensorrt_11_command_uses_the_converted_model(save_model, trtcheck_cli, tmp_path):
+    import onnx
+
+    model = save_model(two_heads())
+    run = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--trt-major", "11",
+                       "--json", "out/r.json")
+    assert run.code == 1
+    argv = read_json(tmp_path / "out" / "r.json")["polygraphy_command"].split()
+    converted = tmp_path / "out" / "model.fp16.onnx"
+    assert tmp_path / argv[2] == converted and "--strongly-typed" in argv and "--fp16" not in argv
+    loaded = onnx.load(str(converted))
+    onnx.checker.check_model(loaded)
+    assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in loaded.graph.initializer)
+    argv[0] = str(Path(sys.executable).parent / "polygraphy")
+    generated = subprocess.run([*argv, "--gen-script", "-"], capture_output=True, text=True,
+                               cwd=tmp_path, timeout=300)
+    assert generated.returncode == 0, generated.stderr
+    assert "strongly_typed=True" in generated.stdout

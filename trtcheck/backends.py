@@ -199,6 +199,11 @@ class TrtChain:
     runner: Any
 
 
+def converted_model_path(model_path: Path, plan: PrecisionPlan, options: BackendOptions) -> Path:
+    """Where a TensorRT 11 target writes the model converted to the plan's precision."""
+    return (options.work_dir or model_path.parent) / f"{model_path.stem}.{plan.precision}.onnx"
+
+
 def _profile_shapes(model: LoadedModel, options: BackendOptions) -> dict[str, tuple[int, ...]]:
     return {inp.name: options.shapes[inp.name] for inp in model.inputs
             if inp.is_dynamic and inp.name in options.shapes}
@@ -235,9 +240,8 @@ def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     postprocess = None
     if strongly_typed:
         if plan.reduced:
-            work_dir = options.work_dir or model.path.parent
-            onnx_path = ConvertedOnnxPath(
-                model, plan, work_dir / f"{model.path.stem}.{plan.precision}.onnx")
+            onnx_path = ConvertedOnnxPath(model, plan, converted_model_path(model.path, plan,
+                                                                            options))
     elif plan.reduced:
         flags[plan.precision] = True
         if plan.keep_fp32:

@@ -14,6 +14,8 @@ from trtcheck.atomic import write_atomically
 from trtcheck.backends import (
     Backend,
     BackendOptions,
+    ConvertedOnnxPath,
+    converted_model_path,
     get_backend,
     make_runner,
     tensorrt_version,
@@ -189,6 +191,11 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None) -> Compar
     versions = library_versions()
     trt_major = options.trt_major or (
         int(versions["tensorrt"].split(".")[0]) if versions["tensorrt"] else None)
+    if target.emulated and (trt_major or 10) >= 11:
+        # The printed TensorRT 11 command builds the converted model; an emulated run has not
+        # written it yet, so write it now for the user to take to the GPU machine.
+        plan = PrecisionPlan(target.precision, options.keep_fp32)
+        ConvertedOnnxPath(model, plan, converted_model_path(model.path, plan, options))()
     command = polygraphy_command(
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
         load_inputs=str(request.save_inputs) if request.save_inputs else None)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-from trtcheck.backends import Backend, BackendOptions, polygraphy_flags
+from trtcheck.backends import Backend, BackendOptions, converted_model_path, polygraphy_flags
 from trtcheck.compare import Tolerances
 from trtcheck.inputs import Feeds, InputSettings
+from trtcheck.precision import PrecisionPlan
 
 
 def _shape(shape: Iterable[int]) -> str:
@@ -65,8 +67,9 @@ def polygraphy_command(model_path: str, target: Backend, reference: Backend, fee
     """
     args = ["polygraphy", "run"]
     if (trt_major or 10) >= 11 and target.precision != "fp32":
-        args += [f"{model_path.removesuffix('.onnx')}.{target.precision}.onnx", "--trt",
-                 "--strongly-typed"]
+        converted = converted_model_path(Path(model_path), PrecisionPlan(
+            target.precision, options.keep_fp32), options)
+        args += [str(converted), "--trt", "--strongly-typed"]
         if options.tf32:
             args.append("--tf32")
     else:
