@@ -195,7 +195,9 @@ def test_tensorrt_11_command_uses_the_converted_model(save_model, trtcheck_cli, 
     run = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--trt-major", "11",
                        "--json", "out/r.json")
     assert run.code == 1
-    argv = read_json(tmp_path / "out" / "r.json")["polygraphy_command"].split()
+    import shlex
+
+    argv = shlex.split(read_json(tmp_path / "out" / "r.json")["polygraphy_command"])
     converted = tmp_path / "out" / "model.fp16.onnx"
     assert tmp_path / argv[2] == converted and "--strongly-typed" in argv and "--fp16" not in argv
     loaded = onnx.load(str(converted))
