@@ -286,9 +286,6 @@ def _renamed(proto: onnx.ModelProto, renames: dict[str, str]) -> onnx.ModelProto
     return proto
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "KeepLayersInFp32 matches by prefix without knowing the model's other node names: keeping "
-    "'trunk/conv1' also pins the layer of the distinct node 'trunk/conv1_relu' to fp32"))
 def test_trt10_keep_fp32_does_not_pin_a_different_node_with_a_longer_name(tmp_path):
     model = _load(tmp_path, _renamed(cnn(), {"trunk/relu1": "trunk/conv1_relu"}))
     assert "trunk/conv1_relu" in {node.name for node in model.proto.graph.node}

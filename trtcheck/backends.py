@@ -163,16 +163,22 @@ class KeepLayersInFp32:
     """Network postprocessing for TensorRT 10: pins the plan's fp32 nodes to fp32.
 
     onnx-tensorrt names a layer after its ONNX node, with a suffix when a node becomes several
-    layers, so a layer matches a node by its name or by the node's name followed by '_' or '/'.
+    layers ("node_1", "node/sub"). A layer belongs to the longest node name that equals it or
+    prefixes it that way, so keeping "conv1" does not pin a separate node "conv1_relu".
     """
 
-    def __init__(self, node_names: frozenset[str]) -> None:
+    def __init__(self, node_names: frozenset[str], model_nodes: frozenset[str] = frozenset()):
         self.node_names = node_names
+        self.model_nodes = model_nodes | node_names
+
+    def owner(self, layer_name: str) -> str | None:
+        """The ONNX node that a layer of this name comes from, if any."""
+        candidates = [node for node in self.model_nodes if layer_name == node or any(
+            layer_name.startswith(node + sep) for sep in ("_", "/"))]
+        return max(candidates, key=len) if candidates else None
 
     def matches(self, layer_name: str) -> bool:
-        return layer_name in self.node_names or any(
-            layer_name.startswith(node + sep) for node in self.node_names for sep in ("_", "/")
-        )
+        return self.owner(layer_name) in self.node_names
 
     def __call__(self, network: Any) -> Any:
         import tensorrt as trt
@@ -246,7 +252,8 @@ def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
         flags[plan.precision] = True
         if plan.keep_fp32:
             flags["precision_constraints"] = "obey"
-            postprocess = KeepLayersInFp32(plan.keep_fp32)
+            postprocess = KeepLayersInFp32(
+                plan.keep_fp32, frozenset(node.name for node in model.proto.graph.node))
 
     config = CreateConfig(tf32=options.tf32, profiles=profiles or None, **flags)
     network: Any = NetworkFromOnnxPath(onnx_path, strongly_typed=strongly_typed or None)

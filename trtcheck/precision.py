@@ -177,6 +177,10 @@ def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     type; reduced tensors read by fp32 nodes or leaving the graph get a Cast back to fp32, so the
     graph's inputs and outputs keep their types. Cast/EyeLike/Random* nodes that produce fp32 are
     retyped. Resize/Upsample scales stay fp32.
+
+    Limitation: many ONNX ops (Conv among them) accept bfloat16 only from opset 22, so a bf16
+    conversion of an older-opset model fails `onnx.checker`'s full check even where TensorRT's
+    parser takes it; fp16 conversions are valid at every opset.
     """
     if not plan.reduced:
         return model
