@@ -16,6 +16,7 @@ Nodes inside If/Loop/Scan bodies are left as they are; the node holding the body
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -154,16 +155,11 @@ def emulate(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
             casts.cast(half, onnx.TensorProto.FLOAT, np.dtype(np.float32), out=tensor)
             rounded.add(tensor.name)
 
-    rounded_copies: dict[str, gs.Tensor] = {}
-    for node in reduced_nodes:
-        for index, tensor in list(_data_inputs(node)):
-            if tensor.name in rounded:
-                continue
-            if tensor.name not in rounded_copies:
-                half = casts.cast(tensor, to_reduced, reduced_dtype)
-                rounded_copies[tensor.name] = casts.cast(
-                    half, onnx.TensorProto.FLOAT, np.dtype(np.float32))
-            node.inputs[index] = rounded_copies[tensor.name]
+    def rounded_copy(tensor: gs.Tensor) -> gs.Tensor:
+        half = casts.cast(tensor, to_reduced, reduced_dtype)
+        return casts.cast(half, onnx.TensorProto.FLOAT, np.dtype(np.float32))
+
+    _replace_boundary_inputs(reduced_nodes, rounded, rounded_copy)
 
     graph.toposort()
     return _export_like(graph, model)
@@ -217,22 +213,33 @@ def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
             produced.add(reduced.name)
 
     # 2. fp32 inputs of reduced nodes that no reduced node produced.
-    converted: dict[str, gs.Tensor] = {}
-    for node in reduced_nodes:
-        for index, tensor in list(_data_inputs(node)):
-            if tensor.name in produced:
-                continue
-            if tensor.name not in converted:
-                only_reduced_readers = all(id(c) in reduced_ids for c in tensor.outputs)
-                if isinstance(tensor, gs.Constant) and only_reduced_readers:
-                    converted[tensor.name] = gs.Constant(
-                        f"{tensor.name}__{plan.precision}", tensor.values.astype(reduced_dtype))
-                else:
-                    converted[tensor.name] = casts.cast(tensor, to_reduced, reduced_dtype)
-            node.inputs[index] = converted[tensor.name]
+    def reduced_copy(tensor: gs.Tensor) -> gs.Tensor:
+        only_reduced_readers = all(id(c) in reduced_ids for c in tensor.outputs)
+        if isinstance(tensor, gs.Constant) and only_reduced_readers:
+            return gs.Constant(f"{tensor.name}__{plan.precision}",
+                               tensor.values.astype(reduced_dtype))
+        return casts.cast(tensor, to_reduced, reduced_dtype)
+
+    _replace_boundary_inputs(reduced_nodes, produced, reduced_copy)
 
     graph.cleanup().toposort()
     return _export_like(graph, model)
+
+
+def _replace_boundary_inputs(reduced_nodes: list[gs.Node], already_reduced: set[str],
+                             make_copy: Callable[[gs.Tensor], gs.Tensor]) -> None:
+    """Feeds reduced nodes a reduced copy of each fp32 input that no reduced node produced.
+
+    One copy per tensor, shared by all its reduced readers; fp32 readers keep the original.
+    """
+    copies: dict[str, gs.Tensor] = {}
+    for node in reduced_nodes:
+        for index, tensor in list(_data_inputs(node)):
+            if tensor.name in already_reduced:
+                continue
+            if tensor.name not in copies:
+                copies[tensor.name] = make_copy(tensor)
+            node.inputs[index] = copies[tensor.name]
 
 
 def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
