@@ -54,6 +54,8 @@ def test_two_outputs_one_passes_one_fails(save_model, trtcheck_cli, tmp_path):
     assert verdicts == {"scores": True, "energy": False}
     assert report["verdict"] == "fail"
     assert "energy: 1 non-finite value(s) where the reference is finite" in run.stdout
+    (hint,) = report["hints"]
+    assert hint.startswith("energy: inf/nan only in the fp16 target") and "--keep-fp32" in hint
 
 
 def test_nonfinite_fails_whatever_the_tolerance(save_model, trtcheck_cli, tmp_path):
@@ -208,3 +210,14 @@ def test_tensorrt_11_command_uses_the_converted_model(save_model, trtcheck_cli, 
                                cwd=tmp_path, timeout=300)
     assert generated.returncode == 0, generated.stderr
     assert "strongly_typed=True" in generated.stdout
+
+
+def test_keeping_the_overflowing_nodes_in_fp32_passes(save_model, trtcheck_cli, tmp_path):
+    model = save_model(two_heads())
+    run = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--keep-fp32", "energy/scale",
+                       "energy/sumsq", "energy/sqrt", "--json", "r.json")
+    assert run.code == 0, run.stdout
+    report = read_json(tmp_path / "r.json")
+    assert report["config"]["keep_fp32"] == ["energy/scale", "energy/sqrt", "energy/sumsq"]
+    assert "--keep-fp32" not in report["polygraphy_command"]
+    assert "--layer-precisions energy/scale:float32" in report["polygraphy_command"]

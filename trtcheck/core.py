@@ -86,6 +86,19 @@ class ComparisonResult:
     def verdict(self) -> str:
         return "pass" if all(diff.passed for diff in self.outputs) else "fail"
 
+    @property
+    def hints(self) -> list[str]:
+        """What to try next, for failures whose likely cause is known."""
+        overflowed = [diff.name for diff in self.outputs if diff.nonfinite_mismatches]
+        if not overflowed or self.target.precision != "fp16":
+            return []
+        return [
+            f"{', '.join(overflowed)}: inf/nan only in the fp16 target is usually an overflow "
+            "(|x| > 65504) inside the model; --target onnxrt-bf16 (fp32's range, less precision) "
+            "tells range from rounding, and --keep-fp32 NODE ... keeps the overflowing nodes in "
+            "fp32"
+        ]
+
 
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}

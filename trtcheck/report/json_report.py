@@ -61,6 +61,7 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
         "error": None,
         "model": {"path": result.model_path, "sha256": result.model_sha256},
         "outputs": [output_to_dict(diff) for diff in result.outputs],
+        "hints": result.hints,
         "config": {
             "reference": {"backend": result.reference.name,
                           "precision": result.reference.precision},
@@ -96,6 +97,7 @@ def error_to_dict(message: str, model_path: str | None, versions: dict[str, str 
         "error": message,
         "model": {"path": model_path, "sha256": None},
         "outputs": [],
+        "hints": [],
         "config": None,
         "versions": versions,
         "timings_s": {},

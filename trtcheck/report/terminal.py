@@ -81,6 +81,7 @@ class ComparisonView:
             f"{result.verdict.upper()}: {passed} of {len(result.outputs)} output(s) within "
             "tolerance", style="green bold" if result.verdict == "pass" else "red bold")
         parts.append(summary)
+        parts.extend(Text(f"hint: {hint}", style="yellow") for hint in result.hints)
         yield Group(*parts)
 
 
