@@ -14,7 +14,6 @@ There is no runner class hierarchy here: Polygraphy has one, and a table of fact
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Callable
@@ -86,19 +85,21 @@ class BackendOptions:
 
 def tensorrt_version() -> str | None:
     """The installed TensorRT version, found without importing `tensorrt` where possible."""
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
     if importlib.util.find_spec("tensorrt") is None:
         return None
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
     # A TensorRT from a tarball or a container: no distribution metadata, only the module.
     try:
         import tensorrt
 
         return str(tensorrt.__version__)
-    except ImportError:
+    except (ImportError, OSError):
         return None
 
 

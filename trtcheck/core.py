@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -101,14 +100,24 @@ class ComparisonResult:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for dist in ("trtcheck", "polygraphy", "onnx", "onnxruntime", "onnx-graphsurgeon", "numpy"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            versions[dist] = None
-    versions["tensorrt"] = tensorrt_version()
-    return versions
+    """Versions of the libraries a result depends on (modules already imported by then)."""
+    import numpy
+    import onnx
+    import onnx_graphsurgeon
+    import onnxruntime
+    import polygraphy
+
+    import trtcheck
+
+    return {
+        "trtcheck": trtcheck.__version__,
+        "polygraphy": polygraphy.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnx-graphsurgeon": onnx_graphsurgeon.__version__,
+        "numpy": numpy.__version__,
+        "tensorrt": tensorrt_version(),
+    }
 
 
 @contextlib.contextmanager
