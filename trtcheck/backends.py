@@ -127,7 +127,12 @@ def default_target() -> tuple[str, str]:
 
 def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
                    options: BackendOptions, name: str):
+    import onnxruntime
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    # ONNX Runtime's optimizer warnings (e.g. "UnsqueezeElimination cannot remove node") are
+    # noise for a user comparing outputs; errors still show.
+    onnxruntime.set_default_logger_severity(3)
 
     source: bytes | str
     if backend.emulated:

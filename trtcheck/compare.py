@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,28 @@ class Tolerances:
 
     def as_dict(self, output_names: tuple[str, ...]) -> dict[str, dict[str, float | str | None]]:
         return {name: dict(self.for_output(name).__dict__) for name in output_names}
+
+
+@dataclass(frozen=True)
+class ToleranceRequest:
+    """Tolerances as the user gave them: field -> {output name or "" for all -> value}.
+
+    Fields left out take the target precision's defaults (`compare.DEFAULT_TOLERANCES`).
+    """
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolve(self, precision: str) -> Tolerances:
+        atol, rtol = DEFAULT_TOLERANCES[precision]
+        defaults: dict[str, Any] = {"atol": atol, "rtol": rtol}
+        per_output: dict[str, dict[str, Any]] = {}
+        for field_name, by_output in self.values.items():
+            for output, value in by_output.items():
+                if output == "":
+                    defaults[field_name] = value
+                else:
+                    per_output.setdefault(output, {})[field_name] = value
+        return Tolerances(Tolerance(**defaults), per_output)
 
 
 def check_tolerance_value(what: str, value: float) -> float:

