@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from trtcheck import golden
 from trtcheck.atomic import write_atomically
 from trtcheck.backends import (
     Backend,
@@ -24,10 +25,12 @@ from trtcheck.backends import (
 )
 from trtcheck.compare import OutputDiff, ToleranceRequest, Tolerances, compare_runs
 from trtcheck.errors import BackendRunError, TrtcheckError
+from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
-from trtcheck.repro import polygraphy_command
+from trtcheck.repro import polygraphy_command, trtcheck_command
+from trtcheck.suite import Case, SuiteError, TargetSpec
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class ComparisonResult:
     versions: dict[str, str | None]
     timings: dict[str, float]
     polygraphy_command: str
+    trtcheck_command: str
     # Both runs, for goldens and --save-outputs; never serialised into reports.
     run_results: Any = None
 
@@ -237,10 +241,72 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     command = polygraphy_command(
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
         load_inputs=str(request.save_inputs) if request.save_inputs else None)
+    repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
+                              tolerances, options)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
         model_path=str(model.path), model_sha256=model.sha256, reference=reference, target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
-        run_results=run_results,
+        trtcheck_command=repeat, run_results=run_results,
     )
+
+
+@dataclass
+class CaseOutcome:
+    """One suite item (a case on a target): the comparison, the golden check, and notes."""
+
+    case: Case
+    target: TargetSpec
+    comparison: ComparisonResult
+    golden: GoldenCheck
+    notes: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.comparison.verdict == "pass" and self.golden.status == "pass"
+
+
+def _golden_metadata(result: ComparisonResult, case: Case) -> dict[str, Any]:
+    return {
+        "case": case.name,
+        "model_sha256": result.model_sha256,
+        "reference": result.reference.name,
+        "inputs": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
+                    "range": list(d.value_range), "source": d.source}
+                   for d in result.feeds.described],
+        "seed": result.feeds.seed,
+        "versions": {k: v for k, v in result.versions.items() if k != "tensorrt"},
+    }
+
+
+def check_case(case: Case, target: TargetSpec, *, suite_name: str, golden_dir: Path,
+               golden_mode: str = golden.CHECK, update_command: str = "",
+               artifacts: Path | None = None, reference_cache: ReferenceCache | None = None,
+               verbose: bool = False) -> CaseOutcome:
+    """Checks one case on one target: reference against golden, target against reference."""
+    from trtcheck.sources import resolve
+
+    if case.error is not None:
+        raise SuiteError(case.error)
+    assert case.model is not None
+    model_path = resolve(case.model)
+    work_dir = artifacts / suite_name / case.name if artifacts is not None else None
+    request = CompareRequest(
+        model=model_path, reference=case.reference, target=target.backend,
+        tolerances=case.tolerances_for(target), inputs=case.inputs,
+        options=BackendOptions(providers=target.providers, tf32=target.tf32,
+                               keep_fp32=target.keep_fp32, work_dir=work_dir),
+    )
+    result = compare_model(request, verbose=verbose, reference_cache=reference_cache)
+    reference_outputs = {name: np.asarray(array) for name, array in
+                         result.run_results[f"reference:{result.reference.name}"][0].items()}
+    golden_check = golden.check(
+        golden.GoldenPaths.for_case(golden_dir, suite_name, case.name), reference_outputs,
+        _golden_metadata(result, case), case.golden_atol, case.golden_rtol, golden_mode,
+        update_command, artifacts)
+    notes = [f"tolerance measured: {m}" for m in case.measurements_for(target)]
+    if case.passes:
+        notes.append(f"graph passes {', '.join(case.passes)} are recorded but not applied yet: "
+                     "this trtcheck has no graph passes")
+    return CaseOutcome(case, target, result, golden_check, notes)

@@ -27,33 +27,70 @@ def _per_output(flag: str, values: dict[str, str], default: str | None) -> list[
     return [flag, *args] if args else []
 
 
-def _tolerance_flags(tolerances: Tolerances) -> list[str]:
+# Tolerance fields and their flags: (field, polygraphy run flag, trtcheck compare flag, format).
+_TOLERANCE_FLAGS: tuple[tuple[str, str, str, Callable[[Any], str]], ...] = (
+    ("atol", "--atol", "--atol", _number),
+    ("rtol", "--rtol", "--rtol", _number),
+    ("check_error_stat", "--check-error-stat", "--check-error-stat", str),
+    ("error_quantile", "--error-quantile", "--error-quantile", _number),
+    ("min_cosine", "--cosine-similarity-threshold", "--cosine", _number),
+    ("min_snr", "--snr-threshold", "--snr", _number),
+)
+
+
+def _tolerance_flags(tolerances: Tolerances, for_polygraphy: bool) -> list[str]:
     default = tolerances.default
+    uses_quantile = default.check_error_stat == "quantile" or any(
+        o.get("check_error_stat") == "quantile" for o in tolerances.per_output.values())
     flags: list[str] = []
-    fields: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-        ("atol", "--atol", _number),
-        ("rtol", "--rtol", _number),
-        ("check_error_stat", "--check-error-stat", str),
-        ("min_cosine", "--cosine-similarity-threshold", _number),
-        ("min_snr", "--snr-threshold", _number),
-    )
-    for field_name, flag, fmt in fields:
+    for field_name, polygraphy_flag, trtcheck_flag, fmt in _TOLERANCE_FLAGS:
+        if field_name == "error_quantile" and not uses_quantile:
+            continue
         base = getattr(default, field_name)
         overrides = {name: fmt(o[field_name]) for name, o in tolerances.per_output.items()
-                     if field_name in o and o[field_name] is not None}
+                     if o.get(field_name) is not None}
+        flag = polygraphy_flag if for_polygraphy else trtcheck_flag
         flags += _per_output(flag, overrides, fmt(base) if base is not None else None)
-    if default.check_error_stat == "quantile" or any(
-            o.get("check_error_stat") == "quantile" for o in tolerances.per_output.values()):
-        flags += ["--error-quantile", _number(default.error_quantile)]
-    compare = ["simple"]
-    if default.min_cosine is not None or any("min_cosine" in o for o in
-                                              tolerances.per_output.values()):
-        compare.append("cosine_similarity")
-    if default.min_snr is not None or any("min_snr" in o for o in tolerances.per_output.values()):
-        compare.append("snr")
-    if len(compare) > 1:
-        flags += ["--compare", *compare]
+    if for_polygraphy:
+        compare = ["simple"]
+        if default.min_cosine is not None or any("min_cosine" in o for o in
+                                                  tolerances.per_output.values()):
+            compare.append("cosine_similarity")
+        if default.min_snr is not None or any("min_snr" in o for o in
+                                               tolerances.per_output.values()):
+            compare.append("snr")
+        if len(compare) > 1:
+            flags += ["--compare", *compare]
     return flags
+
+
+def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable) -> list[str]:
+    return [
+        "--input-shapes", *(f"{d.name}:{dims(d.shape)}" for d in feeds.described),
+        "--val-range", *(f"{d.name}:[{_number(d.value_range[0])},{_number(d.value_range[1])}]"
+                         for d in feeds.described),
+        "--seed", str(feeds.seed if feeds.seed is not None else settings.seed),
+    ]
+
+
+def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
+                     settings: InputSettings, tolerances: Tolerances,
+                     options: BackendOptions) -> str:
+    """The `trtcheck compare` command that repeats this comparison, settings spelled out."""
+    args = ["trtcheck", "compare", model_path, "--reference", reference.name, "--target",
+            target.name]
+    if settings.recorded is not None:
+        args += ["--inputs", str(settings.recorded)]
+    else:
+        args += _synthetic_input_flags(feeds, settings, lambda shape: "x".join(map(str, shape)))
+    args += _tolerance_flags(tolerances, for_polygraphy=False)
+    if tuple(options.providers) != ("cpu",):
+        args += ["--providers", *options.providers]
+    if options.tf32:
+        args.append("--tf32")
+    if options.keep_fp32:
+        args += ["--keep-fp32", *sorted(options.keep_fp32)]
+    return shlex.join(args)
 
 
 def polygraphy_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
@@ -81,15 +118,11 @@ def polygraphy_command(model_path: str, target: Backend, reference: Backend, fee
     if load_inputs is not None:
         args += ["--load-inputs", load_inputs]
     else:
-        shapes = [f"{d.name}:{_shape(d.shape)}" for d in feeds.described]
-        args += ["--input-shapes", *shapes]
-        args += ["--val-range", *(f"{d.name}:[{_number(d.value_range[0])},"
-                                  f"{_number(d.value_range[1])}]" for d in feeds.described)]
-        args += ["--seed", str(feeds.seed if feeds.seed is not None else settings.seed)]
+        args += _synthetic_input_flags(feeds, settings, _shape)
     dynamic = [f"{name}:{_shape(shape)}" for name, shape in options.shapes.items()]
     if dynamic and (target.family == "trt" or target.emulated):
         for flag in ("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"):
             args += [flag, *dynamic]
-    args += _tolerance_flags(tolerances)
+    args += _tolerance_flags(tolerances, for_polygraphy=True)
     args.append("--infinities-compare-equal")
     return shlex.join(args)

@@ -133,7 +133,133 @@ def overflow_chain(length: int = 12, overflow_at: int = 6, seed: int = 0) -> onn
     return _model(nodes, [x], [y], inits, "overflow_chain")
 
 
-BUNDLED = {"demo.onnx": two_heads}
+def transformer_block(seed: int = 0, seq: int = 16, dim: int = 32, heads: int = 2):
+    """A pre-norm transformer encoder block: x [1,seq,dim] -> y [1,seq,dim].
+
+    LayerNorm, multi-head self-attention (MatMul, Softmax), residual, LayerNorm, a GELU feed
+    forward (GELU written with Erf so that opset 17 holds it), residual.
+    """
+    rng = np.random.default_rng(seed)
+    head_dim = dim // heads
+
+    def weight(name: str, shape: tuple[int, ...], scale: float) -> str:
+        inits.append(_init(name, (rng.standard_normal(shape) * scale).astype(np.float32)))
+        return name
+
+    def const(name: str, value) -> str:
+        inits.append(_init(name, np.asarray(value)))
+        return name
+
+    inits: list[onnx.TensorProto] = []
+    nodes = []
+
+    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    ln1 = node("LayerNormalization", ["x", const("ln1.g", np.ones(dim, np.float32)),
+                                      const("ln1.b", np.zeros(dim, np.float32))], "attn/ln",
+               axis=-1, epsilon=1e-5)
+    split_shape = const("attn.heads_shape", np.array([1, seq, heads, head_dim], np.int64))
+    projected = {}
+    for part in ("q", "k", "v"):
+        mm = node("MatMul", [ln1, weight(f"attn.w{part}", (dim, dim), dim ** -0.5)],
+                  f"attn/{part}_proj")
+        shaped = node("Reshape", [mm, split_shape], f"attn/{part}_split")
+        perm = [0, 2, 3, 1] if part == "k" else [0, 2, 1, 3]
+        projected[part] = node("Transpose", [shaped], f"attn/{part}_heads", perm=perm)
+    scores = node("MatMul", [projected["q"], projected["k"]], "attn/scores")
+    scaled = node("Mul", [scores, const("attn.scale", np.array(head_dim ** -0.5, np.float32))],
+                  "attn/scale")
+    probs = node("Softmax", [scaled], "attn/softmax", axis=-1)
+    context = node("MatMul", [probs, projected["v"]], "attn/context")
+    merged = node("Transpose", [context], "attn/merge_heads", perm=[0, 2, 1, 3])
+    flat = node("Reshape", [merged, const("attn.merge_shape", np.array([1, seq, dim], np.int64))],
+                "attn/merge")
+    attn_out = node("MatMul", [flat, weight("attn.wo", (dim, dim), dim ** -0.5)], "attn/out")
+    res1 = node("Add", ["x", attn_out], "attn/residual")
+    ln2 = node("LayerNormalization", [res1, const("ln2.g", np.ones(dim, np.float32)),
+                                      const("ln2.b", np.zeros(dim, np.float32))], "ffn/ln",
+               axis=-1, epsilon=1e-5)
+    up = node("Add", [node("MatMul", [ln2, weight("ffn.w1", (dim, 4 * dim), dim ** -0.5)],
+                           "ffn/up"), weight("ffn.b1", (4 * dim,), 0.1)], "ffn/up_bias")
+    erf = node("Erf", [node("Mul", [up, const("gelu.rsqrt2", np.array(2 ** -0.5, np.float32))],
+                            "ffn/gelu_scale")], "ffn/gelu_erf")
+    gate = node("Add", [erf, const("gelu.one", np.array(1.0, np.float32))], "ffn/gelu_one")
+    gelu = node("Mul", [node("Mul", [up, gate], "ffn/gelu_mul"),
+                        const("gelu.half", np.array(0.5, np.float32))], "ffn/gelu")
+    down = node("MatMul", [gelu, weight("ffn.w2", (4 * dim, dim), (4 * dim) ** -0.5)], "ffn/down")
+    nodes.append(helper.make_node("Add", [res1, down], ["y"], name="ffn/residual"))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, seq, dim])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, seq, dim])
+    return _model(nodes, [x], [y], inits, "transformer_block")
+
+
+def detection_head(seed: int = 0, classes: int = 3) -> onnx.ModelProto:
+    """An FPN-style detection head on two feature maps.
+
+    coarse [1,16,8,8] -> Conv, Relu, Resize x2 -> Concat with fine [1,8,16,16] -> Conv 1x1 ->
+    Sigmoid -> Slice into boxes [1,4,16,16] and scores [1,classes,16,16].
+    """
+    rng = np.random.default_rng(seed)
+    channels = 4 + classes
+    inits = [
+        _init("det.w1", (rng.standard_normal((16, 16, 3, 3)) * 0.15).astype(np.float32)),
+        _init("det.b1", (rng.standard_normal(16) * 0.1).astype(np.float32)),
+        _init("det.scales", np.array([1.0, 1.0, 2.0, 2.0], np.float32)),
+        _init("det.w2", (rng.standard_normal((channels, 24, 1, 1)) * 0.3).astype(np.float32)),
+        _init("det.b2", (rng.standard_normal(channels) * 0.1).astype(np.float32)),
+        _init("det.box_start", np.array([0], np.int64)),
+        _init("det.box_end", np.array([4], np.int64)),
+        _init("det.score_end", np.array([channels], np.int64)),
+        _init("det.axis", np.array([1], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["coarse", "det.w1", "det.b1"], ["det/c1"], name="det/conv1",
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["det/c1"], ["det/r1"], name="det/relu1"),
+        helper.make_node("Resize", ["det/r1", "", "det.scales"], ["det/up"], name="det/upsample",
+                         mode="nearest"),
+        helper.make_node("Concat", ["det/up", "fine"], ["det/merged"], name="det/concat", axis=1),
+        helper.make_node("Conv", ["det/merged", "det.w2", "det.b2"], ["det/logits"],
+                         name="det/predict"),
+        helper.make_node("Sigmoid", ["det/logits"], ["det/probs"], name="det/sigmoid"),
+        helper.make_node("Slice", ["det/probs", "det.box_start", "det.box_end", "det.axis"],
+                         ["boxes"], name="det/boxes"),
+        helper.make_node("Slice", ["det/probs", "det.box_end", "det.score_end", "det.axis"],
+                         ["scores"], name="det/scores"),
+    ]
+    inputs = [helper.make_tensor_value_info("coarse", TensorProto.FLOAT, [1, 16, 8, 8]),
+              helper.make_tensor_value_info("fine", TensorProto.FLOAT, [1, 8, 16, 16])]
+    outputs = [helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 4, 16, 16]),
+               helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, classes, 16, 16])]
+    return _model(nodes, inputs, outputs, inits, "detection_head")
+
+
+def lstm_cell(seed: int = 0, steps: int = 10, features: int = 8, hidden: int = 16):
+    """One LSTM layer over a sequence: x [steps,1,features] -> y [steps,1,1,hidden], y_h."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        _init("lstm.W", (rng.standard_normal((1, 4 * hidden, features)) * 0.3).astype(
+            np.float32)),
+        _init("lstm.R", (rng.standard_normal((1, 4 * hidden, hidden)) * 0.3).astype(np.float32)),
+        _init("lstm.B", (rng.standard_normal((1, 8 * hidden)) * 0.1).astype(np.float32)),
+    ]
+    nodes = [helper.make_node("LSTM", ["x", "lstm.W", "lstm.R", "lstm.B"], ["y", "y_h"],
+                              name="lstm", hidden_size=hidden)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [steps, 1, features])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [steps, 1, 1, hidden]),
+               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, 1, hidden])]
+    return _model(nodes, [x], outputs, inits, "lstm_cell")
+
+
+BUNDLED = {
+    "demo.onnx": two_heads,
+    "transformer_block.onnx": transformer_block,
+    "detection_head.onnx": detection_head,
+    "lstm_cell.onnx": lstm_cell,
+    "cnn_dynamic_batch.onnx": lambda: cnn(seed=4, batch="batch"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

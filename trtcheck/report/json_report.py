@@ -86,6 +86,7 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
         "versions": result.versions,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "polygraphy_command": result.polygraphy_command,
+        "trtcheck_command": result.trtcheck_command,
     }
 
 
@@ -102,6 +103,7 @@ def error_to_dict(message: str, model_path: str | None, versions: dict[str, str 
         "versions": versions,
         "timings_s": {},
         "polygraphy_command": None,
+        "trtcheck_command": None,
     }
 
 
