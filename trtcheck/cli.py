@@ -197,7 +197,7 @@ def _console(stderr: bool = False):
     from rich.console import Console
 
     # rich already falls back to plain text when not a TTY and honours NO_COLOR.
-    return Console(stderr=stderr, highlight=False,
+    return Console(stderr=stderr, highlight=False, markup=False,
                    width=None if sys.stdout.isatty() else 140)
 
 

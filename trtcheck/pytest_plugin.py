@@ -146,6 +146,10 @@ class CaseFailure(Exception):
     """An item whose comparison or golden check failed; carries the report text."""
 
 
+class GoldenFailure(Exception):
+    """An item whose reference outputs do not match its golden (or whose golden is missing)."""
+
+
 class SuiteErrorItem(pytest.Item):
     """Stands for a suite file that cannot be loaded, so the error shows as one failed item."""
 
@@ -202,6 +206,10 @@ class CaseItem(pytest.Item):
         except TrtcheckError as err:
             raise CaseFailure(f"{self.nodeid}: {err}\nreproduce: pytest '{self.nodeid}'") from err
         self._write_report(outcome)
+        if outcome.golden.status != "pass":
+            # Not a CaseFailure: an expected failure of the target must not hide a reference
+            # that drifted from its golden, or a golden that is missing.
+            raise GoldenFailure(self._failure_text(outcome))
         if not outcome.passed:
             raise CaseFailure(self._failure_text(outcome))
 
@@ -232,8 +240,12 @@ class CaseItem(pytest.Item):
         from trtcheck.report.terminal import ComparisonView
 
         buffer = StringIO()
-        console = Console(file=buffer, width=130, no_color=True, highlight=False,
+        # markup=False: node ids like "case[target]" are not rich markup tags.
+        console = Console(file=buffer, width=130, no_color=True, highlight=False, markup=False,
                           force_terminal=False)
+        comparison = outcome.comparison.verdict.upper()
+        console.print(f"{self.nodeid}: target vs reference {comparison}; reference vs golden "
+                      f"{outcome.golden.status.upper()}", soft_wrap=True)
         console.print(ComparisonView(outcome.comparison))
         if outcome.golden.status != "pass":
             console.print(f"golden: {outcome.golden.message}", soft_wrap=True)
@@ -245,7 +257,7 @@ class CaseItem(pytest.Item):
         return buffer.getvalue().rstrip()
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, CaseFailure):
+        if isinstance(excinfo.value, (CaseFailure, GoldenFailure)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
