@@ -106,10 +106,31 @@ def test_convert_gives_reduced_types_at_reduced_nodes():
     assert types[conv1.output[0]] == TensorProto.FLOAT16
 
 
-def test_bf16_needs_opset_13():
+def test_bf16_upgrades_an_old_opset():
     model = add_model()
     model.opset_import[0].version = 12
-    with pytest.raises(UsageError, match="opset >= 13"):
+    x = np.linspace(0.1, 3.3, 8, dtype=np.float32).reshape(1, 8)
+    emulated = emulate(model, PrecisionPlan("bf16"))
+    assert emulated.opset_import[0].version == 13
+    (y,) = run(emulated, {"x": x})
+    w = np.full((1, 8), 1.0001, np.float32)
+
+    def rounded(a):
+        return np.asarray(a).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    np.testing.assert_array_equal(y, rounded(rounded(x) + rounded(w)))
+
+
+def test_opset_upgrade_failure_is_a_usage_error(monkeypatch):
+    from onnx import version_converter
+
+    def refuse(model, version):
+        raise RuntimeError("no adapter for op Foo")
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
+    model = add_model()
+    model.opset_import[0].version = 12
+    with pytest.raises(UsageError, match="opset 12 and onnx.version_converter could not"):
         emulate(model, PrecisionPlan("bf16"))
 
 

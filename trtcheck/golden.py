@@ -48,7 +48,7 @@ class GoldenCheck:
 
 
 def _metadata_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
-    for key in ("model_sha256", "inputs", "reference"):
+    for key in ("model_sha256", "inputs", "seed", "reference"):
         if recorded.get(key) != current.get(key):
             return (f"the golden was recorded with {key} = {recorded.get(key)!r}, the case now "
                     f"has {current.get(key)!r}")

@@ -31,7 +31,7 @@ _ONNX_TYPE = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT1
 # ONNX Runtime and numpy have no native bfloat16; ml_dtypes (an onnx dependency) provides one.
 _NUMPY_TYPE = {"fp16": np.dtype(np.float16), "bf16": onnx.helper.tensor_dtype_to_np_dtype(
     onnx.TensorProto.BFLOAT16)}
-# The Cast to bfloat16 exists from opset 13 on.
+# The Cast to bfloat16 exists from opset 13 on; older models are upgraded first.
 _MIN_OPSET = {"fp16": 6, "bf16": 13}
 
 # Inputs that stay fp32 whatever the plan: TensorRT reads them as shape parameters, not as data,
@@ -78,15 +78,21 @@ class PrecisionPlan:
                 "use node names as shown by Netron or `polygraphy inspect model`"
             )
 
-    def check_opset(self, model: onnx.ModelProto) -> None:
-        if not self.reduced:
-            return
+    def at_supported_opset(self, model: onnx.ModelProto) -> onnx.ModelProto:
+        """Returns `model`, upgraded with onnx.version_converter if its opset lacks the Cast."""
+        needed = _MIN_OPSET[self.precision] if self.reduced else 0
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        if opset < _MIN_OPSET[self.precision]:
+        if opset >= needed:
+            return model
+        from onnx import version_converter
+
+        try:
+            return version_converter.convert_version(model, needed)
+        except Exception as err:
             raise UsageError(
-                f"{self.precision} needs opset >= {_MIN_OPSET[self.precision]} for its Cast, but "
-                f"the model is opset {opset}; convert it with onnx.version_converter or use fp16"
-            )
+                f"{self.precision} needs opset >= {needed} for its Cast; the model is opset "
+                f"{opset} and onnx.version_converter could not upgrade it ({err}); convert it "
+                "yourself or use fp16") from err
 
 
 def _is_fp32(tensor: gs.Tensor) -> bool:
@@ -138,7 +144,7 @@ def emulate(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     """
     if not plan.reduced:
         return model
-    plan.check_opset(model)
+    model = plan.at_supported_opset(model)
     graph = _typed_graph(model)
     casts = _CastFactory(graph, f"round_{plan.precision}")
     to_reduced, reduced_dtype = _ONNX_TYPE[plan.precision], _NUMPY_TYPE[plan.precision]
@@ -180,7 +186,7 @@ def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     """
     if not plan.reduced:
         return model
-    plan.check_opset(model)
+    model = plan.at_supported_opset(model)
     graph = _typed_graph(model)
     casts = _CastFactory(graph, f"to_{plan.precision}")
     to_reduced, reduced_dtype = _ONNX_TYPE[plan.precision], _NUMPY_TYPE[plan.precision]
