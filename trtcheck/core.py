@@ -285,6 +285,14 @@ def check_case(case: Case, target: TargetSpec, *, suite_name: str, golden_dir: P
                artifacts: Path | None = None, reference_cache: ReferenceCache | None = None,
                verbose: bool = False) -> CaseOutcome:
     """Checks one case on one target: reference against golden, target against reference."""
+    with quiet_polygraphy(verbose):
+        return _check_case(case, target, suite_name, golden_dir, golden_mode, update_command,
+                           artifacts, reference_cache, verbose)
+
+
+def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Path,
+                golden_mode: str, update_command: str, artifacts: Path | None,
+                reference_cache: ReferenceCache | None, verbose: bool) -> CaseOutcome:
     from trtcheck.sources import resolve
 
     if case.error is not None:

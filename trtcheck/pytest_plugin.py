@@ -146,6 +146,10 @@ class CaseFailure(Exception):
     """An item whose comparison or golden check failed; carries the report text."""
 
 
+class BackendMissing(Exception):
+    """A required backend that is not available: an error, never an expected failure."""
+
+
 class GoldenFailure(Exception):
     """An item whose reference outputs do not match its golden (or whose golden is missing)."""
 
@@ -183,7 +187,7 @@ class CaseItem(pytest.Item):
     def setup(self) -> None:
         if self.target.family == "trt" and not _tensorrt_usable():
             if "trt" in self.state.require:
-                raise CaseFailure(
+                raise BackendMissing(
                     f"{self.target.name}: TensorRT is required (--trtcheck-require-backend trt) "
                     f"but is not importable here; {_install_hint()}")
             pytest.skip(f"{self.target.name} needs TensorRT and an NVIDIA GPU, not available "
@@ -241,7 +245,7 @@ class CaseItem(pytest.Item):
 
         buffer = StringIO()
         # markup=False: node ids like "case[target]" are not rich markup tags.
-        console = Console(file=buffer, width=130, no_color=True, highlight=False, markup=False,
+        console = Console(file=buffer, width=160, no_color=True, highlight=False, markup=False,
                           force_terminal=False)
         comparison = outcome.comparison.verdict.upper()
         console.print(f"{self.nodeid}: target vs reference {comparison}; reference vs golden "
@@ -257,7 +261,7 @@ class CaseItem(pytest.Item):
         return buffer.getvalue().rstrip()
 
     def repr_failure(self, excinfo, style=None):
-        if isinstance(excinfo.value, (CaseFailure, GoldenFailure)):
+        if isinstance(excinfo.value, (CaseFailure, GoldenFailure, BackendMissing)):
             return str(excinfo.value)
         return super().repr_failure(excinfo, style=style)
 
@@ -288,24 +292,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _gate_tensorrt_tests(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Plain tests marked `tensorrt` skip without TensorRT, or fail when it is required."""
-    if _tensorrt_usable():
+    """Plain tests marked `tensorrt` skip without TensorRT (failing instead is done at setup)."""
+    if _tensorrt_usable() or "trt" in config.stash[_SESSION].require:
         return
-    required = "trt" in config.stash[_SESSION].require
     for item in items:
-        if isinstance(item, CaseItem) or "tensorrt" not in item.keywords:
-            continue
-        if required:
-            item.add_marker(pytest.mark.usefixtures("_trtcheck_tensorrt_required"))
-        else:
+        if not isinstance(item, CaseItem) and "tensorrt" in item.keywords:
             item.add_marker(pytest.mark.skip(
                 reason=f"needs TensorRT and an NVIDIA GPU, not available here; {_install_hint()}"))
 
 
-@pytest.fixture
-def _trtcheck_tensorrt_required() -> None:
-    pytest.fail("--trtcheck-require-backend trt: TensorRT is not importable on this machine; "
-                + _install_hint(), pytrace=False)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if isinstance(item, CaseItem) or "tensorrt" not in item.keywords or _tensorrt_usable():
+        return
+    if "trt" in item.config.stash[_SESSION].require:
+        raise BackendMissing("--trtcheck-require-backend trt: TensorRT is not importable on "
+                             f"this machine; {_install_hint()}")
 
 
 _CATEGORIES = ("failed", "error", "xpassed", "passed", "xfailed", "skipped")

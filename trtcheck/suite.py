@@ -198,6 +198,8 @@ def _expect(value: Any, kind: type | tuple[type, ...], where: str, what: str) ->
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     names = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a table"}
+    if kind == (int, float):
+        return "a number"
     if isinstance(kind, tuple):
         return " or ".join(names.get(k, k.__name__) for k in kind)
     return names.get(kind, kind.__name__)

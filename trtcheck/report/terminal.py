@@ -44,15 +44,19 @@ class ComparisonView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         result = self.result
-        header = Text()
+        # Lines that name files and settings stay whole, so they can be copied.
+        header = Text(no_wrap=True, overflow="ignore")
         header.append(f"{result.model_path}", style="bold")
         header.append(f"  target {result.target.name} vs reference {result.reference.name}")
         inputs = ", ".join(
             f"{d.name} {d.dtype}{list(d.shape)} in [{d.value_range[0]:g}, {d.value_range[1]:g}]"
             f" ({d.source})" for d in result.feeds.described)
         seed = f", seed {result.feeds.seed}" if result.feeds.seed is not None else ""
-        parts: list = [header, Text(f"inputs: {inputs}{seed}", style="dim"),
-                       Text(f"tolerance: {_tolerance_summary(result)}", style="dim")]
+        parts: list = [header,
+                       Text(f"inputs: {inputs}{seed}", style="dim", no_wrap=True,
+                            overflow="ignore"),
+                       Text(f"tolerance: {_tolerance_summary(result)}", style="dim",
+                            no_wrap=True, overflow="ignore")]
 
         table = Table(show_edge=False, header_style="bold")
         for column, justify in (("output", "left"), ("verdict", "left"),
