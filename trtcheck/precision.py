@@ -116,10 +116,16 @@ def _data_inputs(node: gs.Node):
             yield index, tensor
 
 
-class _CastFactory:
-    def __init__(self, graph: gs.Graph, tag: str) -> None:
-        self.graph = graph
-        self.tag = tag
+class _Rewrite:
+    """A typed graph being rewritten for a plan: its reduced nodes, and Casts to add."""
+
+    def __init__(self, model: onnx.ModelProto, plan: PrecisionPlan, tag: str) -> None:
+        self.model = plan.at_supported_opset(model)
+        self.graph = _typed_graph(self.model)
+        self.tag = f"{tag}_{plan.precision}"
+        self.reduced_type = _ONNX_TYPE[plan.precision]
+        self.reduced_dtype = _NUMPY_TYPE[plan.precision]
+        self.reduced_nodes = [node for node in self.graph.nodes if plan.is_reduced(node.name)]
         self.count = 0
 
     def cast(self, source: gs.Tensor, to: int, dtype: np.dtype, out: gs.Tensor | None = None):
@@ -133,6 +139,21 @@ class _CastFactory:
         )
         return out
 
+    def to_reduced(self, source: gs.Tensor, out: gs.Tensor | None = None) -> gs.Tensor:
+        return self.cast(source, self.reduced_type, self.reduced_dtype, out)
+
+    def to_fp32(self, source: gs.Tensor, out: gs.Tensor | None = None) -> gs.Tensor:
+        return self.cast(source, onnx.TensorProto.FLOAT, np.dtype(np.float32), out)
+
+    def export(self) -> onnx.ModelProto:
+        exported = gs.export_onnx(self.graph, do_type_check=False)
+        exported.ir_version = self.model.ir_version
+        del exported.opset_import[:]
+        exported.opset_import.extend(self.model.opset_import)
+        # Stale value_info from the typed graph would contradict the new tensor types.
+        del exported.graph.value_info[:]
+        return exported
+
 
 def emulate(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     """Returns a copy of `model` in which reduced nodes round every float tensor they touch.
@@ -144,31 +165,21 @@ def emulate(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     """
     if not plan.reduced:
         return model
-    model = plan.at_supported_opset(model)
-    graph = _typed_graph(model)
-    casts = _CastFactory(graph, f"round_{plan.precision}")
-    to_reduced, reduced_dtype = _ONNX_TYPE[plan.precision], _NUMPY_TYPE[plan.precision]
-    reduced_nodes = [node for node in graph.nodes if plan.is_reduced(node.name)]
-
+    rewrite = _Rewrite(model, plan, "round")
     rounded: set[str] = set()
-    for node in reduced_nodes:
+    for node in rewrite.reduced_nodes:
         for index, tensor in enumerate(node.outputs):
             if not _is_fp32(tensor):
                 continue
             raw = gs.Variable(f"{tensor.name}__unrounded", dtype=np.float32, shape=tensor.shape)
             node.outputs[index] = raw
-            half = casts.cast(raw, to_reduced, reduced_dtype)
-            casts.cast(half, onnx.TensorProto.FLOAT, np.dtype(np.float32), out=tensor)
+            rewrite.to_fp32(rewrite.to_reduced(raw), out=tensor)
             rounded.add(tensor.name)
 
-    def rounded_copy(tensor: gs.Tensor) -> gs.Tensor:
-        half = casts.cast(tensor, to_reduced, reduced_dtype)
-        return casts.cast(half, onnx.TensorProto.FLOAT, np.dtype(np.float32))
-
-    _replace_boundary_inputs(reduced_nodes, rounded, rounded_copy)
-
-    graph.toposort()
-    return _export_like(graph, model)
+    _replace_boundary_inputs(rewrite.reduced_nodes, rounded,
+                             lambda tensor: rewrite.to_fp32(rewrite.to_reduced(tensor)))
+    rewrite.graph.toposort()
+    return rewrite.export()
 
 
 def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
@@ -186,36 +197,33 @@ def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
     """
     if not plan.reduced:
         return model
-    model = plan.at_supported_opset(model)
-    graph = _typed_graph(model)
-    casts = _CastFactory(graph, f"to_{plan.precision}")
-    to_reduced, reduced_dtype = _ONNX_TYPE[plan.precision], _NUMPY_TYPE[plan.precision]
-    reduced_nodes = [node for node in graph.nodes if plan.is_reduced(node.name)]
-    reduced_ids = {id(node) for node in reduced_nodes}
-    graph_outputs = {tensor.name for tensor in graph.outputs}
+    rewrite = _Rewrite(model, plan, "to")
+    reduced_ids = {id(node) for node in rewrite.reduced_nodes}
+    graph_outputs = {tensor.name for tensor in rewrite.graph.outputs}
 
     # 1. Outputs of reduced nodes become reduced; fp32 readers get a Cast back.
     produced: set[str] = set()
-    for node in reduced_nodes:
+    for node in rewrite.reduced_nodes:
         attribute = _TYPE_ATTRIBUTE.get(node.op)
         if attribute and node.attrs.get(attribute) == onnx.TensorProto.FLOAT:
-            node.attrs[attribute] = to_reduced
+            node.attrs[attribute] = rewrite.reduced_type
         if node.op == "ConstantOfShape" and "value" in node.attrs:
             value = node.attrs["value"]
             if isinstance(value, gs.Constant) and value.values.dtype == np.float32:
-                node.attrs["value"] = gs.Constant(value.name, value.values.astype(reduced_dtype))
+                node.attrs["value"] = gs.Constant(value.name,
+                                                  value.values.astype(rewrite.reduced_dtype))
         for index, tensor in enumerate(node.outputs):
             if not _is_fp32(tensor):
                 continue
-            reduced = gs.Variable(f"{tensor.name}__{plan.precision}", dtype=reduced_dtype,
-                                  shape=tensor.shape)
+            reduced = gs.Variable(f"{tensor.name}__{plan.precision}",
+                                  dtype=rewrite.reduced_dtype, shape=tensor.shape)
             fp32_readers = [c for c in list(tensor.outputs) if id(c) not in reduced_ids]
             for consumer in list(tensor.outputs):
                 if id(consumer) in reduced_ids:
                     consumer.inputs[consumer.inputs.index(tensor)] = reduced
             node.outputs[index] = reduced
             if fp32_readers or tensor.name in graph_outputs:
-                casts.cast(reduced, onnx.TensorProto.FLOAT, np.dtype(np.float32), out=tensor)
+                rewrite.to_fp32(reduced, out=tensor)
             produced.add(reduced.name)
 
     # 2. fp32 inputs of reduced nodes that no reduced node produced.
@@ -223,13 +231,12 @@ def convert(model: onnx.ModelProto, plan: PrecisionPlan) -> onnx.ModelProto:
         only_reduced_readers = all(id(c) in reduced_ids for c in tensor.outputs)
         if isinstance(tensor, gs.Constant) and only_reduced_readers:
             return gs.Constant(f"{tensor.name}__{plan.precision}",
-                               tensor.values.astype(reduced_dtype))
-        return casts.cast(tensor, to_reduced, reduced_dtype)
+                               tensor.values.astype(rewrite.reduced_dtype))
+        return rewrite.to_reduced(tensor)
 
-    _replace_boundary_inputs(reduced_nodes, produced, reduced_copy)
-
-    graph.cleanup().toposort()
-    return _export_like(graph, model)
+    _replace_boundary_inputs(rewrite.reduced_nodes, produced, reduced_copy)
+    rewrite.graph.cleanup().toposort()
+    return rewrite.export()
 
 
 def _replace_boundary_inputs(reduced_nodes: list[gs.Node], already_reduced: set[str],
@@ -246,13 +253,3 @@ def _replace_boundary_inputs(reduced_nodes: list[gs.Node], already_reduced: set[
             if tensor.name not in copies:
                 copies[tensor.name] = make_copy(tensor)
             node.inputs[index] = copies[tensor.name]
-
-
-def _export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
-    exported = gs.export_onnx(graph, do_type_check=False)
-    exported.ir_version = original.ir_version
-    del exported.opset_import[:]
-    exported.opset_import.extend(original.opset_import)
-    # Stale value_info from the typed graph would contradict the new tensor types.
-    del exported.graph.value_info[:]
-    return exported
