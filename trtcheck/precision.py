@@ -11,7 +11,9 @@ A plan says "everything runs in fp16 (or bf16) except these nodes". It is realis
 Polygraphy's own `ConvertToFp16` (onnxconverter-common) produced models ORT rejects on a plain
 Conv/Gemm graph, so it is not used here.
 
-Nodes inside If/Loop/Scan bodies are left as they are; the node holding the body counts as one node.
+Limits of the emulation: nodes inside If/Loop/Scan bodies are left as they are (the node holding
+the body counts as one node), and composite ops (LSTM, GRU, LayerNormalization, ...) round only at
+their boundaries, while TensorRT may also compute their inner steps in reduced precision.
 """
 
 from __future__ import annotations
