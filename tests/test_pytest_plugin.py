@@ -88,9 +88,10 @@ def test_failure_report_is_the_table_and_the_repro_commands(project):
         "*demo.suite.toml::cnn[[]fp16[]]: target vs reference FAIL; reference vs golden PASS*",
         "*target onnxrt-fp16 vs reference onnxrt*",
         "*logits*FAIL*",
-        "*reproduce: pytest 'demo.suite.toml::cnn[[]fp16[]]'*",
-        "*or: trtcheck compare *cnn.onnx --reference onnxrt --target onnxrt-fp16*--atol 1e-09*",
         "*with TensorRT: polygraphy run *--trt --fp16 --onnxrt*",
+        "same comparison: trtcheck compare *cnn.onnx --reference onnxrt --target onnxrt-fp16*"
+        "--atol 1e-09*",
+        "reproduce: pytest 'demo.suite.toml::cnn[[]fp16[]]'",
         "*trtcheck: items per target*",
         "fp16 *1 failed*",
         "trt-fp16 *1 skipped*",

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from trtcheck.suite import SUITE_SUFFIX
-
+# Kept here rather than imported: this module loads in every pytest run of the environment, and
+# trtcheck.suite pulls in ONNX and Polygraphy.
+SUITE_SUFFIX = ".suite.toml"
 _TARGET_IN_ID = re.compile(r"\.suite\.toml::[^\[]+\[(?P<target>[^\]]+)\]$")
 
 
@@ -255,9 +256,9 @@ class CaseItem(pytest.Item):
             console.print(f"golden: {outcome.golden.message}", soft_wrap=True)
         for note in outcome.notes:
             console.print(note, soft_wrap=True)
-        console.print(f"reproduce: pytest '{self.nodeid}'", soft_wrap=True)
-        console.print(f"       or: {outcome.comparison.trtcheck_command}", soft_wrap=True)
         console.print(f"with TensorRT: {outcome.comparison.polygraphy_command}", soft_wrap=True)
+        console.print(f"same comparison: {outcome.comparison.trtcheck_command}", soft_wrap=True)
+        console.print(f"reproduce: pytest '{self.nodeid}'", soft_wrap=True)
         return buffer.getvalue().rstrip()
 
     def repr_failure(self, excinfo, style=None):
