@@ -221,3 +221,19 @@ def test_keeping_the_overflowing_nodes_in_fp32_passes(save_model, trtcheck_cli, 
     assert report["config"]["keep_fp32"] == ["energy/scale", "energy/sqrt", "energy/sumsq"]
     assert "--keep-fp32" not in report["polygraphy_command"]
     assert "--layer-precisions energy/scale:float32" in report["polygraphy_command"]
+
+
+def test_printed_trtcheck_command_repeats_the_comparison(save_model, trtcheck_cli, tmp_path):
+    import shlex
+
+    model = save_model(cnn(batch="N"))
+    first = trtcheck_cli("compare", model, "--target", "onnxrt-bf16", "--input-shapes",
+                         "image:2x3x32x32", "--val-range", "[-2,2]", "--seed", "9", "--atol",
+                         "logits:0.5", "--cosine", "0.9", "--json", "a.json")
+    a = read_json(tmp_path / "a.json")
+    argv = shlex.split(a["trtcheck_command"])
+    assert argv[:2] == ["trtcheck", "compare"]
+    again = trtcheck_cli(*argv[1:], "--json", "b.json")
+    assert again.code == first.code == 0, again.stderr
+    b = read_json(tmp_path / "b.json")
+    assert b["outputs"] == a["outputs"] and b["config"] == a["config"]
