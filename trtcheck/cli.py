@@ -92,6 +92,51 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("inputs")
+    data.add_argument("--input-shapes", nargs="+", metavar="NAME:SHAPE",
+                      help="shapes for dynamic inputs, e.g. x:1x3x224x224")
+    data.add_argument("--val-range", nargs="+", metavar="[NAME:][LO,HI]",
+                      help="value range per input, e.g. x:[-1,1]; an unnamed range applies to "
+                           "every float input")
+    data.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for synthetic inputs")
+    data.add_argument("--inputs", type=Path, metavar="FILE",
+                      help="recorded inputs: .npz, or Polygraphy input .json")
+
+
+def input_settings_from_args(args: argparse.Namespace) -> InputSettings:
+    named_ranges, float_range = _ranges(args.val_range)
+    if args.inputs is not None and (args.input_shapes or args.val_range):
+        raise UsageError("--inputs gives recorded values, so --input-shapes and --val-range do "
+                         "not apply; drop one or the other")
+    return InputSettings(shapes=_shapes(args.input_shapes), ranges=named_ranges,
+                         float_range=float_range, seed=args.seed, recorded=args.inputs)
+
+
+def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.passes import PASSES
+    from trtcheck.passes.pipeline import DEFAULT_RTOL
+
+    parser.add_argument("model", type=Path, help="the ONNX model to fix")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="FIXED.onnx",
+                        help="where to write the fixed model")
+    parser.add_argument("--passes", nargs="+", metavar="PASS",
+                        help=f"passes to run, in pipeline order (default all): "
+                             f"{', '.join(PASSES)}")
+    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+                        help="largest output change a pass may make, relative to the output's "
+                             f"largest magnitude (default {DEFAULT_RTOL:g})")
+    parser.add_argument("--static", action="store_true",
+                        help="make dynamic input dimensions static, set to the --input-shapes "
+                             "given (lets shape computations fold)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="write the result even when ONNX Runtime cannot run the original "
+                             "model to verify the passes")
+    _add_input_arguments(parser)
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="the ONNX model to check")
     backends = ", ".join(BACKENDS)
@@ -112,15 +157,10 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     tol.add_argument("--cosine", nargs="+", metavar="[OUT:]V",
                      help="also require cosine similarity >= V")
     tol.add_argument("--snr", nargs="+", metavar="[OUT:]DB", help="also require SNR >= DB")
-    data = parser.add_argument_group("inputs")
-    data.add_argument("--input-shapes", nargs="+", metavar="NAME:SHAPE",
-                      help="shapes for dynamic inputs, e.g. x:1x3x224x224")
-    data.add_argument("--val-range", nargs="+", metavar="[NAME:][LO,HI]",
-                      help="value range per input, e.g. x:[-1,1]; an unnamed range applies to "
-                           "every float input")
-    data.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for synthetic inputs")
-    data.add_argument("--inputs", type=Path, metavar="FILE",
-                      help="recorded inputs: .npz, or Polygraphy input .json")
+    _add_input_arguments(parser)
+    parser.add_argument("--passes", nargs="+", metavar="PASS",
+                        help="graph passes applied to the target's model first (see `trtcheck "
+                             "fix --help`); the reference runs the original")
     backend = parser.add_argument_group("backends")
     backend.add_argument("--providers", nargs="+", default=["cpu"],
                          help="ONNX Runtime execution providers (default cpu)")
@@ -149,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="run a reference and a target on the same inputs and compare outputs",
         description="Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run.")
     _add_compare_arguments(compare)
+    fix = commands.add_parser(
+        "fix", help="fold constants and fix what TensorRT cannot take, proving each pass "
+                    "harmless with ONNX Runtime",
+        description="Exit codes: 0 written and every pass verified, 1 written but a pass was "
+                    "rolled back or failed, 2 usage or input error, 3 could not verify.")
+    _add_fix_arguments(fix)
     return parser
 
 
@@ -174,17 +220,13 @@ def request_from_args(args: argparse.Namespace):
 
     _check_output_path("--save-outputs", args.save_outputs)
     _check_output_path("--save-inputs", args.save_inputs)
-    named_ranges, float_range = _ranges(args.val_range)
-    if args.inputs is not None and (args.input_shapes or args.val_range):
-        raise UsageError("--inputs gives recorded values, so --input-shapes and --val-range do "
-                         "not apply; drop one or the other")
     return CompareRequest(
         model=args.model,
         reference=args.reference,
         target=args.target,
         tolerances=ToleranceRequest(_tolerance_values(args)),
-        inputs=InputSettings(shapes=_shapes(args.input_shapes), ranges=named_ranges,
-                             float_range=float_range, seed=args.seed, recorded=args.inputs),
+        inputs=input_settings_from_args(args),
+        passes=tuple(args.passes) if args.passes else (),
         options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
                                keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
                                work_dir=args.json.parent if args.json else None),
@@ -228,11 +270,31 @@ def run_compare(args: argparse.Namespace) -> int:
     return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
 
 
+def run_fix(args: argparse.Namespace) -> int:
+    from trtcheck.fix import fix_model
+    from trtcheck.report.fix_report import FixView, fix_to_dict
+    from trtcheck.report.json_report import write_json
+
+    console = _console()
+    try:
+        result = fix_model(args.model, args.output, passes=args.passes,
+                           inputs=input_settings_from_args(args), rtol=args.rtol,
+                           require_verification=not args.no_verify, static_shapes=args.static)
+    except TrtcheckError as err:
+        if args.verbose:
+            raise
+        print(f"trtcheck: error: {err}", file=sys.stderr)
+        return err.exit_code
+    console.print(FixView(result))
+    if args.json is not None:
+        write_json(fix_to_dict(result), args.json)
+    return EXIT_PASS if result.pipeline.clean else EXIT_MISMATCH
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "compare":
-        return run_compare(args)
-    raise AssertionError(f"unhandled command {args.command}")
+    commands = {"compare": run_compare, "fix": run_fix}
+    return commands[args.command](args)
 
 
 def entry_point() -> None:

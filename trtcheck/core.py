@@ -46,6 +46,8 @@ class CompareRequest:
     options: BackendOptions = field(default_factory=BackendOptions)
     save_outputs: Path | None = None
     save_inputs: Path | None = None
+    # Graph passes applied to the target's model (verified); the reference runs the original.
+    passes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -65,6 +67,8 @@ class ComparisonResult:
     timings: dict[str, float]
     polygraphy_command: str
     trtcheck_command: str
+    # What the graph passes did to the target's model, when some were asked for.
+    passes: Any = None
     # Both runs, for goldens and --save-outputs; never serialised into reports.
     run_results: Any = None
 
@@ -194,6 +198,20 @@ def compare_model(request: CompareRequest, verbose: bool = False,
         return _compare_model(request, model, reference_cache or ReferenceCache())
 
 
+def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
+                 options: BackendOptions) -> tuple[LoadedModel, Any]:
+    """Applies verified graph passes; the result is saved so that TensorRT can read a path."""
+    import tempfile
+
+    from trtcheck.fix import apply_passes, save_model
+
+    pipeline = apply_passes(model, names, feeds)
+    folder = options.work_dir or Path(tempfile.mkdtemp(prefix="trtcheck-fixed-"))
+    path = folder / f"{model.path.stem}.fixed.onnx"
+    save_model(pipeline.model, path)
+    return load_model(path), pipeline
+
+
 def _compare_model(request: CompareRequest, model: LoadedModel | None,
                    reference_cache: ReferenceCache) -> ComparisonResult:
     timings: dict[str, float] = {}
@@ -213,11 +231,15 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     reference_name, target_name = f"reference:{reference.name}", f"target:{target.name}"
     from polygraphy.comparator import RunResults
 
+    target_model, passes = model, None
+    if request.passes:
+        target_model, passes = _fixed_model(model, list(request.passes), feeds, options)
+
     start = time.perf_counter()
     run_results = RunResults()
     run_results.append(reference_cache.get_or_run(model, reference, options, feeds,
                                                   reference_name))
-    run_results.append(_run_backend(model, target, options, feeds, target_name))
+    run_results.append(_run_backend(target_model, target, options, feeds, target_name))
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
     outputs = compare_runs(run_results, reference_name, target_name, tolerances)
@@ -242,13 +264,13 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
         load_inputs=str(request.save_inputs) if request.save_inputs else None)
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
-                              tolerances, options)
+                              tolerances, options, request.passes)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
         model_path=str(model.path), model_sha256=model.sha256, reference=reference, target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
-        trtcheck_command=repeat, run_results=run_results,
+        trtcheck_command=repeat, passes=passes, run_results=run_results,
     )
 
 
@@ -302,7 +324,7 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     work_dir = artifacts / suite_name / case.name if artifacts is not None else None
     request = CompareRequest(
         model=model_path, reference=case.reference, target=target.backend,
-        tolerances=case.tolerances_for(target), inputs=case.inputs,
+        tolerances=case.tolerances_for(target), inputs=case.inputs, passes=case.passes,
         options=BackendOptions(providers=target.providers, tf32=target.tf32,
                                keep_fp32=target.keep_fp32, work_dir=work_dir),
     )
@@ -314,7 +336,7 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
         _golden_metadata(result, case), case.golden_atol, case.golden_rtol, golden_mode,
         update_command, artifacts)
     notes = [f"tolerance measured: {m}" for m in case.measurements_for(target)]
-    if case.passes:
-        notes.append(f"graph passes {', '.join(case.passes)} are recorded but not applied yet: "
-                     "this trtcheck has no graph passes")
+    if result.passes is not None:
+        notes += [f"pass {o.name}: {o.status}" + (f" ({o.message})" if o.message else "")
+                  for o in result.passes.outcomes if o.status not in ("changed", "unchanged")]
     return CaseOutcome(case, target, result, golden_check, notes)

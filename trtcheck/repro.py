@@ -75,7 +75,7 @@ def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable
 
 def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
                      settings: InputSettings, tolerances: Tolerances,
-                     options: BackendOptions) -> str:
+                     options: BackendOptions, passes: tuple[str, ...] = ()) -> str:
     """The `trtcheck compare` command that repeats this comparison, settings spelled out."""
     args = ["trtcheck", "compare", model_path, "--reference", reference.name, "--target",
             target.name]
@@ -90,6 +90,8 @@ def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds
         args.append("--tf32")
     if options.keep_fp32:
         args += ["--keep-fp32", *sorted(options.keep_fp32)]
+    if passes:
+        args += ["--passes", *passes]
     return shlex.join(args)
 
 

@@ -395,6 +395,12 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
         model = parse_model_source(model_text, sha, suite_path.parent, at)
         inputs = _inputs(raw.get("inputs", {}), at, suite_path.parent, default_inputs)
         passes = _string_list(raw.get("passes", []), at, "passes")
+        from trtcheck.passes import PASSES
+
+        for pass_name in passes:
+            if pass_name not in PASSES:
+                raise SuiteError(f"{at}: passes names '{pass_name}', which is not a pass; "
+                                 f"choose from: {', '.join(PASSES)}")
         case_targets = _string_list(raw.get("targets", defaults.get("targets", list(targets))),
                                     at, "targets")
         for target in case_targets:

@@ -62,6 +62,11 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
         "model": {"path": result.model_path, "sha256": result.model_sha256},
         "outputs": [output_to_dict(diff) for diff in result.outputs],
         "hints": result.hints,
+        "passes": [] if result.passes is None else [
+            {"name": o.name, "status": o.status, "message": o.message,
+             "nodes_before": sum(o.nodes_before.values()),
+             "nodes_after": sum(o.nodes_after.values())}
+            for o in result.passes.outcomes],
         "config": {
             "reference": {"backend": result.reference.name,
                           "precision": result.reference.precision},
@@ -99,6 +104,7 @@ def error_to_dict(message: str, model_path: str | None, versions: dict[str, str 
         "model": {"path": model_path, "sha256": None},
         "outputs": [],
         "hints": [],
+        "passes": [],
         "config": None,
         "versions": versions,
         "timings_s": {},

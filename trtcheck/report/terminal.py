@@ -76,6 +76,11 @@ class ComparisonView:
                 f"{diff.exceeding} of {diff.elements}",
                 f"{_fmt(diff.required_atol)} | {_fmt(diff.required_rtol)}",
             )
+        if result.passes is not None:
+            steps = ", ".join(f"{o.name} {o.status}" for o in result.passes.outcomes)
+            nodes = len(result.passes.model.graph.node)
+            parts.append(Text(f"target model after passes: {nodes} nodes ({steps})",
+                              style="dim"))
         parts.append(table)
         for diff in result.outputs:
             for reason in diff.failures:

@@ -1,0 +1,78 @@
+"""`trtcheck fix`: run the graph passes on a model, verify each, write the result atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from trtcheck.atomic import write_atomically
+from trtcheck.errors import BackendRunError, ModelError
+from trtcheck.inputs import Feeds, InputSettings, make_feeds
+from trtcheck.model import LoadedModel, load_model
+from trtcheck.passes import PassContext
+from trtcheck.passes.pipeline import DEFAULT_RTOL, PipelineResult, run_pipeline, select_passes
+
+# Protobuf cannot serialise more than 2 GB; larger models keep their weights beside them.
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+@dataclass
+class FixResult:
+    source: Path
+    output: Path | None
+    pipeline: PipelineResult
+    feeds: Feeds
+    nodes_before: int
+    nodes_after: int
+
+
+def apply_passes(model: LoadedModel, names: list[str] | None, feeds: Feeds,
+                 rtol: float = DEFAULT_RTOL, static_shapes: bool = False) -> PipelineResult:
+    """Runs the selected passes (all by default) on `model`, verified on `feeds`.
+
+    With `static_shapes`, dynamic input dimensions become the fed shapes in the result.
+    """
+    shapes = {d.name: d.shape for d in feeds.described if model.input(d.name).is_dynamic}
+    context = PassContext(shapes=shapes if static_shapes else {})
+    return run_pipeline(model.proto, select_passes(names), context, feeds.iterations, rtol)
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Writes `model` to `path` through a temporary file, weights beside it if over 2 GB."""
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        write_atomically(path, lambda partial: onnx.save(
+            model, partial, save_as_external_data=True, location=f"{path.name}.data"))
+    else:
+        write_atomically(path, lambda partial: onnx.save(model, partial))
+
+
+def fix_model(source: Path, output: Path | None, passes: list[str] | None = None,
+              inputs: InputSettings | None = None, rtol: float = DEFAULT_RTOL,
+              require_verification: bool = True, static_shapes: bool = False) -> FixResult:
+    """Loads `source`, applies the passes with verification, writes `output` if given."""
+    from trtcheck.core import quiet_polygraphy
+
+    with quiet_polygraphy():
+        return _fix_model(source, output, passes, inputs, rtol, require_verification,
+                          static_shapes)
+
+
+def _fix_model(source: Path, output: Path | None, passes: list[str] | None,
+               inputs: InputSettings | None, rtol: float, require_verification: bool,
+               static_shapes: bool) -> FixResult:
+    if output is not None and Path(output).resolve() == Path(source).resolve():
+        raise ModelError(f"{output}: the output would overwrite the input model; pick another "
+                         "path with -o")
+    model = load_model(source)
+    names = select_passes(passes)
+    feeds = make_feeds(model, inputs or InputSettings())
+    result = apply_passes(model, names, feeds, rtol, static_shapes)
+    if not result.verified and require_verification:
+        raise BackendRunError(f"{source}: cannot verify the passes: {result.reason_unverified}; "
+                              "nothing written (--no-verify writes it unverified)")
+    if output is not None:
+        save_model(result.model, Path(output))
+    return FixResult(Path(source), Path(output) if output else None, result, feeds,
+                     len(model.proto.graph.node), len(result.model.graph.node))

@@ -1,0 +1,46 @@
+"""What a pass is: a named function from model to model, with its rules in its docstring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import onnx
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class PassContext:
+    """What passes may need beyond the model: static shapes the user gave for inputs."""
+
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GraphPass:
+    """A named, documented model -> model function. `run` must not modify its argument."""
+
+    name: str
+    run: Callable[[onnx.ModelProto, PassContext], onnx.ModelProto]
+
+    @property
+    def rules(self) -> str:
+        return (self.run.__doc__ or "").strip()
+
+
+def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
+    """Exports `graph` keeping the original's IR version, opsets and metadata."""
+    graph.cleanup().toposort()
+    exported = gs.export_onnx(graph, do_type_check=False)
+    exported.ir_version = original.ir_version
+    del exported.opset_import[:]
+    exported.opset_import.extend(original.opset_import)
+    exported.producer_name = original.producer_name
+    exported.producer_version = original.producer_version
+    del exported.metadata_props[:]
+    exported.metadata_props.extend(original.metadata_props)
+    return exported
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)

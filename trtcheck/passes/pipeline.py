@@ -1,0 +1,184 @@
+"""Runs passes in order and proves each one harmless, or rolls it back.
+
+After every pass ONNX Runtime runs the new model on the same inputs as the model before it; a pass
+that changes any output by more than `rtol` (relative to that output's largest magnitude), that
+produces a model ONNX Runtime cannot run, or that raises, is rolled back and reported, and the
+pipeline goes on from the previous model. A final run checks the result against the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from trtcheck.errors import UsageError
+from trtcheck.passes import PASSES, PassContext
+
+DEFAULT_RTOL = 1e-6
+
+Outputs = list[dict[str, np.ndarray]]
+
+
+@dataclass
+class PassOutcome:
+    """What one pass did: `status` is changed, unchanged, rolled-back, failed or unverified."""
+
+    name: str
+    status: str
+    nodes_before: Counter[str]
+    nodes_after: Counter[str]
+    # Largest change of each output, relative to the output's largest magnitude.
+    max_change: dict[str, float] = field(default_factory=dict)
+    message: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def op_changes(self) -> dict[str, tuple[int, int]]:
+        ops = sorted(set(self.nodes_before) | set(self.nodes_after))
+        return {op: (self.nodes_before[op], self.nodes_after[op]) for op in ops
+                if self.nodes_before[op] != self.nodes_after[op]}
+
+
+@dataclass
+class PipelineResult:
+    model: onnx.ModelProto
+    outcomes: list[PassOutcome]
+    # The final model against the original, when ONNX Runtime could run the original.
+    final_change: dict[str, float] | None
+    verified: bool
+    reason_unverified: str | None = None
+
+    @property
+    def clean(self) -> bool:
+        return all(o.status in ("changed", "unchanged") for o in self.outcomes)
+
+
+def select_passes(names: list[str] | None) -> list[str]:
+    """Validates pass names; None selects every pass. Order is always the pipeline's."""
+    if names is None:
+        return list(PASSES)
+    unknown = [name for name in names if name not in PASSES]
+    if unknown:
+        raise UsageError(f"unknown pass(es) {', '.join(unknown)}; choose from: "
+                         f"{', '.join(PASSES)}")
+    return [name for name in PASSES if name in names]
+
+
+def node_counts(model: onnx.ModelProto) -> Counter[str]:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+@contextlib.contextmanager
+def _quiet_graphsurgeon() -> Iterator[None]:
+    import onnxruntime
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    # graphsurgeon folds with ONNX Runtime, whose optimizer warnings are noise here.
+    onnxruntime.set_default_logger_severity(3)
+    previous = G_LOGGER.severity
+    G_LOGGER.severity = G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = previous
+
+
+def run_onnxrt(model: onnx.ModelProto, feeds: Outputs) -> Outputs:
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
+
+
+def relative_change(before: Outputs, after: Outputs) -> dict[str, float]:
+    """Per output: max |after - before| / max |before| (inf on a shape, name or NaN mismatch)."""
+    changes: dict[str, float] = {}
+    for old, new in zip(before, after, strict=True):
+        for name, reference in old.items():
+            candidate = new.get(name)
+            if candidate is None or candidate.shape != reference.shape or \
+                    candidate.dtype != reference.dtype:
+                changes[name] = float("inf")
+                continue
+            ref64, new64 = reference.astype(np.float64), candidate.astype(np.float64)
+            same_nan = np.isnan(ref64) == np.isnan(new64)
+            if not same_nan.all():
+                changes[name] = float("inf")
+                continue
+            finite = np.isfinite(ref64) & np.isfinite(new64)
+            if not np.array_equal(ref64[~finite], new64[~finite], equal_nan=True):
+                changes[name] = float("inf")
+                continue
+            diff = np.abs(ref64[finite] - new64[finite])
+            scale = float(np.abs(ref64[finite]).max()) if diff.size else 0.0
+            worst = float(diff.max()) if diff.size else 0.0
+            change = worst / scale if scale > 0 else worst
+            changes[name] = max(changes.get(name, 0.0), change)
+        for name in new:
+            if name not in old:
+                changes[name] = float("inf")
+    return changes
+
+
+def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
+                 feeds: Outputs, rtol: float = DEFAULT_RTOL) -> PipelineResult:
+    """Applies the named passes in pipeline order, verifying each with ONNX Runtime."""
+    try:
+        baseline: Outputs | None = run_onnxrt(model, feeds)
+        reason = None
+    except Exception as err:  # ONNX Runtime's own exception types
+        baseline, reason = None, f"ONNX Runtime cannot run the original model: {err}"
+    current, current_outputs = model, baseline
+    outcomes = []
+    with _quiet_graphsurgeon():
+        for name in names:
+            graph_pass = PASSES[name]
+            started = time.perf_counter()
+            before = node_counts(current)
+            try:
+                candidate = graph_pass.run(current, context)
+            except Exception as err:
+                outcomes.append(PassOutcome(name, "failed", before, before,
+                                            message=f"{type(err).__name__}: {err}",
+                                            seconds=time.perf_counter() - started))
+                continue
+            outcome = PassOutcome(name, "changed", before, node_counts(candidate))
+            if candidate.graph == current.graph:
+                outcome.status = "unchanged"
+            elif current_outputs is not None:
+                try:
+                    candidate_outputs = run_onnxrt(candidate, feeds)
+                except Exception as err:
+                    outcome.status, outcome.message = "rolled-back", (
+                        f"ONNX Runtime cannot run the result: {str(err).splitlines()[0]}")
+                    candidate_outputs = None
+                if candidate_outputs is not None:
+                    outcome.max_change = relative_change(current_outputs, candidate_outputs)
+                    worst = max(outcome.max_change.values(), default=0.0)
+                    if worst > rtol:
+                        outcome.status = "rolled-back"
+                        outcome.message = (f"changed outputs by up to {worst:.3g} (relative), "
+                                           f"over the {rtol:g} allowed")
+                    else:
+                        current_outputs = candidate_outputs
+            else:
+                outcome.status = "unverified"
+            if outcome.status == "rolled-back":
+                outcome.nodes_after = before
+            else:
+                current = candidate
+            outcome.seconds = time.perf_counter() - started
+            outcomes.append(outcome)
+    final_change = None
+    if baseline is not None and current_outputs is not None:
+        final_change = relative_change(baseline, current_outputs)
+    return PipelineResult(current, outcomes, final_change, baseline is not None, reason)
