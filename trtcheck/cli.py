@@ -195,6 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exit codes: 0 written and every pass verified, 1 written but a pass was "
                     "rolled back or failed, 2 usage or input error, 3 could not verify.")
     _add_fix_arguments(fix)
+    lint = commands.add_parser(
+        "lint", help="report what TensorRT's ONNX parser will reject, without TensorRT",
+        description="Exit codes: 0 no errors (warnings may be shown), 1 errors found (or "
+                    "warnings, with --strict), 2 usage or input error.")
+    lint.add_argument("model", type=Path, help="the ONNX model to check")
+    lint.add_argument("--trt-major", type=int, choices=(10, 11),
+                      help="TensorRT major version to check against (default: the installed "
+                           "one, else 10)")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too")
+    lint.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    lint.add_argument("--verbose", action="store_true", help="show tracebacks")
     return parser
 
 
@@ -291,9 +302,34 @@ def run_fix(args: argparse.Namespace) -> int:
     return EXIT_PASS if result.pipeline.clean else EXIT_MISMATCH
 
 
+def run_lint(args: argparse.Namespace) -> int:
+    from trtcheck.backends import tensorrt_version
+    from trtcheck.lint import lint_model
+    from trtcheck.model import load_model
+    from trtcheck.report.json_report import write_json
+    from trtcheck.report.lint_report import LintView, lint_to_dict
+
+    major = args.trt_major
+    if major is None:
+        version = tensorrt_version()
+        major = 11 if version and int(version.split(".")[0]) >= 11 else 10
+    try:
+        result = lint_model(load_model(args.model), major)
+    except TrtcheckError as err:
+        if args.verbose:
+            raise
+        print(f"trtcheck: error: {err}", file=sys.stderr)
+        return err.exit_code
+    _console().print(LintView(result))
+    if args.json is not None:
+        write_json(lint_to_dict(result), args.json)
+    failing = result.findings if args.strict else result.errors
+    return EXIT_MISMATCH if failing else EXIT_PASS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"compare": run_compare, "fix": run_fix}
+    commands = {"compare": run_compare, "fix": run_fix, "lint": run_lint}
     return commands[args.command](args)
 
 

@@ -32,7 +32,7 @@ def _schema(node: gs.Node, opset: int) -> onnx.defs.OpSchema | None:
         return None
 
 
-def _input_indices(node: gs.Node, names: set[str], opset: int) -> list[int]:
+def input_indices(node: gs.Node, names: set[str], opset: int) -> list[int]:
     schema = _schema(node, opset)
     if schema is None:
         return []
@@ -40,7 +40,13 @@ def _input_indices(node: gs.Node, names: set[str], opset: int) -> list[int]:
             if formal.name in names and i < len(node.inputs) and node.inputs[i].name]
 
 
-def _constant_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
+def is_constant(tensor: gs.Tensor) -> bool:
+    """An initializer, or the output of a `Constant` node (TensorRT reads both as weights)."""
+    return isinstance(tensor, gs.Constant) or bool(
+        tensor.inputs and tensor.inputs[0].op == "Constant")
+
+
+def constant_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
     """Evaluates `tensor` if it depends on no runtime data (only constants and static shapes)."""
     sub = graph.copy()
     target = sub.tensors()[tensor.name]
@@ -69,11 +75,11 @@ def make_initializer_inputs(model: onnx.ModelProto, context: PassContext) -> onn
     opset = default_opset(model)
     for node in list(graph.nodes):
         names = _MUST_BE_CONSTANT.get(node.op, set()) | table_initializer_inputs(node.op)
-        for index in _input_indices(node, names, opset):
+        for index in input_indices(node, names, opset):
             tensor = node.inputs[index]
-            if isinstance(tensor, gs.Constant):
+            if is_constant(tensor):
                 continue
-            value = _constant_value(graph, tensor)
+            value = constant_value(graph, tensor)
             if value is not None:
                 node.inputs[index] = gs.Constant(f"{tensor.name}__const", value)
     return export_like(graph, model)

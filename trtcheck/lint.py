@@ -1,0 +1,192 @@
+"""`trtcheck lint`: what TensorRT's ONNX parser will reject, found without TensorRT.
+
+Checks come from the operator tables in trtcheck/lint_data (onnx-tensorrt's docs/operators.md of
+each release, cited in the files): operator support, opset range, inputs that must be
+initializers, allowed attribute values, input types, custom domains and string tensors. Where
+TensorRT is installed, its real parser also runs and disagreements with the table are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from trtcheck.model import LoadedModel
+from trtcheck.passes.base import default_opset
+from trtcheck.trt_support import support_table
+
+ERROR, WARNING = "error", "warning"
+
+# Domains TensorRT's parser reads itself; anything else needs a plugin.
+_STANDARD_DOMAINS = ("", "ai.onnx")
+# numpy dtype name -> the type names of the operator tables.
+_TABLE_TYPE = {"float32": "FP32", "float16": "FP16", "bfloat16": "BF16", "float64": "DOUBLE",
+               "int32": "INT32", "int64": "INT64", "int8": "INT8", "uint8": "UINT8",
+               "bool": "BOOL", "int4": "INT4"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where (node name and op; empty for the model), why, and what fixes it."""
+
+    node: str
+    op: str
+    reason: str
+    severity: str = ERROR
+    # The `trtcheck fix` pass that removes the problem, when one does.
+    fixed_by: str | None = None
+
+
+@dataclass
+class LintResult:
+    model_path: str
+    trt_major: int
+    # The release the table describes (e.g. "10.15"), its opset range, and where it comes from.
+    version: str
+    opset_range: tuple[int | None, int]
+    source: dict[str, Any]
+    findings: list[Finding]
+    # Filled only where TensorRT is installed: the real parser's errors, and where it and the
+    # table disagree.
+    parser_errors: list[Finding] | None = None
+    disagreements: list[str] = field(default_factory=list)
+
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == ERROR]
+
+
+def _dtype_name(tensor: gs.Tensor) -> str | None:
+    try:
+        return np.dtype(tensor.dtype).name if tensor.dtype is not None else None
+    except TypeError:
+        return None
+
+
+def _attribute_text(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _constant_computable(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    from trtcheck.passes.tensorrt import constant_value
+
+    try:
+        return constant_value(graph, tensor) is not None
+    except Exception:
+        return False
+
+
+def _node_findings(node: gs.Node, graph: gs.Graph, table: dict[str, Any], opset: int,
+                   version: str) -> list[Finding]:
+    name, op = node.name, node.op
+    if (node.domain or "") not in _STANDARD_DOMAINS:
+        return [Finding(name, op, f"custom domain '{node.domain}': TensorRT's parser needs a "
+                                  "plugin registered for this op")]
+    entry = table["operators"].get(op)
+    if entry is None:
+        return [Finding(name, op, f"{op} is not in TensorRT {version}'s ONNX operator table")]
+    if not entry["supported"]:
+        detail = f": {entry['restrictions']}" if entry["restrictions"] else ""
+        return [Finding(name, op, f"{op} is not supported by TensorRT {version}{detail}")]
+    findings = []
+    constant_names = set(entry["initializer_inputs"])
+    if constant_names:
+        from trtcheck.passes.tensorrt import input_indices, is_constant
+
+        for index in input_indices(node, constant_names, opset):
+            tensor = node.inputs[index]
+            if is_constant(tensor):
+                continue
+            computable = _constant_computable(graph, tensor)
+            findings.append(Finding(
+                name, op, f"input '{tensor.name}' must be an initializer for TensorRT "
+                          f"{version}" + ("" if computable else "; it depends on runtime data, "
+                                          "so no pass can make it one"),
+                fixed_by="initializer-inputs" if computable else None))
+    for attribute, allowed in entry["attribute_values"].items():
+        if attribute in node.attrs:
+            value = _attribute_text(node.attrs[attribute])
+            if str(value) not in [str(a) for a in allowed]:
+                findings.append(Finding(name, op, f"{attribute}={value!r} is not supported by "
+                                                  f"TensorRT {version} (supported: "
+                                                  f"{', '.join(map(str, allowed))})"))
+    if entry["types"] and node.inputs:
+        dtype = _dtype_name(node.inputs[0])
+        table_type = _TABLE_TYPE.get(dtype or "")
+        if table_type is not None and table_type not in entry["types"]:
+            findings.append(Finding(name, op, f"input type {dtype} is not among the types "
+                                              f"TensorRT {version} lists for {op} "
+                                              f"({', '.join(entry['types'])})", WARNING))
+    return findings
+
+
+def _tensor_findings(graph: gs.Graph) -> list[Finding]:
+    findings = []
+    for tensor in graph.tensors().values():
+        dtype = tensor.dtype
+        if dtype is not None and (dtype == onnx.TensorProto.STRING or _dtype_name(tensor) in (
+                "object", "str")):
+            findings.append(Finding("", "", f"tensor '{tensor.name}' is a string tensor; "
+                                            "TensorRT has no string type"))
+    return findings
+
+
+def lint_model(model: LoadedModel, trt_major: int = 10) -> LintResult:
+    """Checks `model` against TensorRT `trt_major`'s operator table."""
+    table = support_table(trt_major)
+    version = table["source"]["header"].split(" supports")[0].removeprefix("TensorRT ")
+    opset = default_opset(model.proto)
+    findings: list[Finding] = []
+    low, high = table["opset"]["min"], table["opset"]["max"]
+    if (low is not None and opset < low) or opset > high:
+        findings.append(Finding("", "", f"opset {opset} is outside TensorRT {version}'s range "
+                                        f"{low}-{high}; convert it with onnx.version_converter"))
+    inferred = onnx.shape_inference.infer_shapes(model.proto, strict_mode=False)
+    graph = gs.import_onnx(inferred)
+    graph.toposort()
+    findings += _tensor_findings(graph)
+    for node in graph.nodes:
+        findings += _node_findings(node, graph, table, opset, version)
+    result = LintResult(str(model.path), trt_major, version, (low, high), table["source"],
+                        findings)
+    _compare_with_parser(result, model)
+    return result
+
+
+def _compare_with_parser(result: LintResult, model: LoadedModel) -> None:
+    """Runs TensorRT's own ONNX parser, where installed, and records disagreements.
+
+    It cannot run without TensorRT, so it is kept small and defensive.
+    """
+    from trtcheck.backends import tensorrt_usable
+
+    if not tensorrt_usable():
+        return
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    flags = 0
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    parser.parse_from_file(str(model.path))
+    errors = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        node_name = error.node_name() if hasattr(error, "node_name") else str(error.node())
+        op = error.node_operator() if hasattr(error, "node_operator") else ""
+        errors.append(Finding(node_name, op, f"TensorRT parser: {error.desc()}"))
+    result.parser_errors = errors
+    table_nodes = {f.node for f in result.errors if f.node}
+    parser_nodes = {f.node for f in errors if f.node}
+    for node in sorted(parser_nodes - table_nodes):
+        result.disagreements.append(f"{node}: the parser rejects it, the table does not")
+    for node in sorted(table_nodes - parser_nodes):
+        result.disagreements.append(f"{node}: the table flags it, the parser accepts it")
