@@ -19,11 +19,12 @@ class LintView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         result = self.result
         source = result.source
+        low, high = result.opset_range
         parts: list[Any] = [
             Text(result.model_path, style="bold", no_wrap=True, overflow="ignore"),
             Text(f"against the operator table of TensorRT {result.version} (opset "
-                 f"{result.opset_range[0]}-{result.opset_range[1]}; onnx-tensorrt {source['path']} @ "
-                 f"{source['commit'][:10]})", style="dim"),
+                 f"{low}-{high}; onnx-tensorrt {source['path']} @ {source['commit'][:10]})",
+                 style="dim"),
         ]
         if result.findings:
             table = Table(show_edge=False, header_style="bold")
