@@ -39,6 +39,13 @@ def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     exported.producer_version = original.producer_version
     del exported.metadata_props[:]
     exported.metadata_props.extend(original.metadata_props)
+    if exported.ir_version < 4:
+        # Before IR 4 every initializer must also be a graph input; folding adds initializers.
+        declared = {value.name for value in exported.graph.input}
+        for tensor in exported.graph.initializer:
+            if tensor.name not in declared:
+                exported.graph.input.append(onnx.helper.make_tensor_value_info(
+                    tensor.name, tensor.data_type, list(tensor.dims)))
     return exported
 
 

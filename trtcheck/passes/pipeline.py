@@ -56,7 +56,8 @@ class PipelineResult:
 
     @property
     def clean(self) -> bool:
-        return all(o.status in ("changed", "unchanged") for o in self.outcomes)
+        """No pass failed or was rolled back ("unverified" is clean: it was waived)."""
+        return all(o.status in ("changed", "unchanged", "unverified") for o in self.outcomes)
 
 
 def select_passes(names: list[str] | None) -> list[str]:
