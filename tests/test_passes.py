@@ -238,3 +238,12 @@ def test_light_models_fold_constant_of_shape_weights_bit_identically(name):
     after = node_counts(result.model)
     assert before["ConstantOfShape"] > 0 and after["ConstantOfShape"] == 0
     assert result.final_change and max(result.final_change.values()) == 0.0
+
+
+def test_docs_describe_every_pass():
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[1] / "docs" / "passes.md").read_text()
+    for graph_pass in PASSES.values():
+        assert f"## `{graph_pass.name}`" in docs
+        assert graph_pass.rules.replace("\n    ", "\n") in docs, graph_pass.name
