@@ -507,7 +507,7 @@ def render(summary: dict[str, Any]) -> str:
     row("wall time", f"{summary['seconds']:.1f} s")
 
     line()
-    statuses = ("changed", "unchanged", "rolled-back", "failed", "unverified")
+    statuses = ("changed", "unchanged", "rolled-back", "failed", "skipped", "unverified")
     line(f"  {'pass':<20}" + "".join(f"{s:>13}" for s in statuses))
     for name in PASSES:
         counts = summary["status_counts"].get(name, {})

@@ -28,6 +28,27 @@ class GraphPass:
         return (self.run.__doc__ or "").strip()
 
 
+class PassNotApplicable(Exception):
+    """A pass that cannot work on this model (reported as skipped, not as a failure)."""
+
+
+def _has_optional_values(graph: onnx.GraphProto) -> bool:
+    values = [*graph.input, *graph.output, *graph.value_info]
+    return any(value.type.HasField("optional_type") for value in values)
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Imports `model` into onnx-graphsurgeon, refusing what its exporter cannot write back.
+
+    onnx-graphsurgeon 0.6 imports optional-typed values but its exporter raises on them
+    (UnboundLocalError in export_value_info_proto), so such models are skipped up front.
+    """
+    if _has_optional_values(model.graph):
+        raise PassNotApplicable("the model has optional-typed values, which onnx-graphsurgeon "
+                                "cannot export")
+    return gs.import_onnx(model)
+
+
 def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:
     """Exports `graph` keeping the original's IR version, opsets and metadata."""
     graph.cleanup().toposort()

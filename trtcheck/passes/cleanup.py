@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcheck.passes.base import GraphPass, PassContext, export_like
+from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph
 
 
 def _dtype(tensor: gs.Tensor) -> np.dtype | None:
@@ -88,7 +88,7 @@ def remove_noops(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
     - `Reshape` to the shape its input already has (static shapes; 0 and -1 resolved).
     - A no-op that writes a graph output keeps the output's name: its producer writes it.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     for node in list(graph.nodes):
         if node.inputs and node.outputs and _is_noop(node, graph.outputs):
             _bypass(graph, node)

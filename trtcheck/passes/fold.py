@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcheck.passes.base import GraphPass, PassContext, export_like
+from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph
 
 
 def infer_shapes(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
@@ -34,6 +35,31 @@ def infer_shapes(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
     return onnx.shape_inference.infer_shapes(updated, strict_mode=False, data_prop=True)
 
 
+def split_sliced_shapes(graph: gs.Graph) -> None:
+    """Rewrites each `Shape(start, end)` as `Shape` followed by `Slice`, in place.
+
+    onnx-graphsurgeon 0.6's shape folding (fold_shape, fold_shape_gather, fold_shape_slice)
+    ignores Shape's start/end attributes (opset 15+) and folds the whole input shape, which
+    corrupts every shape computation downstream. The Shape + Slice form means the same and is
+    folded correctly, so this runs before any graphsurgeon folding.
+    """
+    for node in list(graph.nodes):
+        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
+            continue
+        start = int(node.attrs.pop("start", 0))
+        end = node.attrs.pop("end", None)
+        full = gs.Variable(f"{node.outputs[0].name}__full_shape", dtype=np.int64)
+        sliced = node.outputs[0]
+        node.outputs[0] = full
+        bounds = [gs.Constant(f"{sliced.name}__start", np.array([start], np.int64)),
+                  gs.Constant(f"{sliced.name}__end", np.array(
+                      [np.iinfo(np.int64).max if end is None else int(end)], np.int64)),
+                  gs.Constant(f"{sliced.name}__axes", np.array([0], np.int64))]
+        graph.nodes.append(gs.Node("Slice", name=f"{node.name}__slice" if node.name else "",
+                                   inputs=[full, *bounds], outputs=[sliced]))
+    graph.toposort()
+
+
 def fold_constants(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
     """Folds every subgraph whose inputs are known into constants (onnx-graphsurgeon + ORT).
 
@@ -41,11 +67,14 @@ def fold_constants(model: onnx.ModelProto, context: PassContext) -> onnx.ModelPr
       weights produced at run time by `ConstantOfShape` and friends.
     - Partitions the graph recursively, so a part ONNX Runtime cannot evaluate does not stop the
       rest from folding.
+    - `Shape` with start/end becomes `Shape` + `Slice` first (onnx-graphsurgeon 0.6 folds it
+      wrongly otherwise); the pair folds to the same constant.
     - `If` nodes are left to the `inline-if` pass.
     - Removes what folding leaves unused (cleanup) and sorts the nodes topologically.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph.toposort()
+    split_sliced_shapes(graph)
     graph.fold_constants(fold_shapes=True, partitioning="recursive", error_ok=True,
                          flatten_subgraphs=False)
     return export_like(graph, model)

@@ -19,6 +19,7 @@ import onnx
 
 from trtcheck.errors import UsageError
 from trtcheck.passes import PASSES, PassContext
+from trtcheck.passes.base import PassNotApplicable
 
 DEFAULT_RTOL = 1e-6
 
@@ -27,7 +28,11 @@ Outputs = list[dict[str, np.ndarray]]
 
 @dataclass
 class PassOutcome:
-    """What one pass did: `status` is changed, unchanged, rolled-back, failed or unverified."""
+    """What one pass did, and the proof.
+
+    `status` is changed, unchanged, rolled-back, failed, skipped (the pass does not apply to
+    this model) or unverified (ONNX Runtime cannot run the original).
+    """
 
     name: str
     status: str
@@ -57,7 +62,8 @@ class PipelineResult:
     @property
     def clean(self) -> bool:
         """No pass failed or was rolled back ("unverified" is clean: it was waived)."""
-        return all(o.status in ("changed", "unchanged", "unverified") for o in self.outcomes)
+        return all(o.status in ("changed", "unchanged", "skipped", "unverified")
+                   for o in self.outcomes)
 
 
 def select_passes(names: list[str] | None) -> list[str]:
@@ -100,34 +106,56 @@ def run_onnxrt(model: onnx.ModelProto, feeds: Outputs) -> Outputs:
     return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
 
 
+def _same_value(a: object, b: object) -> bool:
+    """Exact equality for outputs that are not numeric tensors: sequences, optionals, strings."""
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        if a.dtype.kind in "fc" and b.dtype.kind in "fc":
+            return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
+        return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+    return type(a) is type(b) and a == b
+
+
+def _tensor_change(reference: np.ndarray, candidate: np.ndarray) -> float:
+    if candidate.shape != reference.shape or candidate.dtype != reference.dtype:
+        return float("inf")
+    ref64, new64 = reference.astype(np.float64), candidate.astype(np.float64)
+    if not (np.isnan(ref64) == np.isnan(new64)).all():
+        return float("inf")
+    finite = np.isfinite(ref64) & np.isfinite(new64)
+    if not np.array_equal(ref64[~finite], new64[~finite], equal_nan=True):
+        return float("inf")
+    diff = np.abs(ref64[finite] - new64[finite])
+    if not diff.size:
+        return 0.0
+    scale = float(np.abs(ref64[finite]).max())
+    worst = float(diff.max())
+    return worst / scale if scale > 0 else worst
+
+
 def relative_change(before: Outputs, after: Outputs) -> dict[str, float]:
-    """Per output: max |after - before| / max |before| (inf on a shape, name or NaN mismatch)."""
+    """Per output: max |after - before| / max |before|; inf on a shape, name or NaN mismatch.
+
+    Outputs that are not numeric tensors (sequences, optionals, strings) must be equal: 0 or inf.
+    """
     changes: dict[str, float] = {}
     for old, new in zip(before, after, strict=True):
         for name, reference in old.items():
-            candidate = new.get(name)
-            if candidate is None or candidate.shape != reference.shape or \
-                    candidate.dtype != reference.dtype:
-                changes[name] = float("inf")
-                continue
-            ref64, new64 = reference.astype(np.float64), candidate.astype(np.float64)
-            same_nan = np.isnan(ref64) == np.isnan(new64)
-            if not same_nan.all():
-                changes[name] = float("inf")
-                continue
-            finite = np.isfinite(ref64) & np.isfinite(new64)
-            if not np.array_equal(ref64[~finite], new64[~finite], equal_nan=True):
-                changes[name] = float("inf")
-                continue
-            diff = np.abs(ref64[finite] - new64[finite])
-            scale = float(np.abs(ref64[finite]).max()) if diff.size else 0.0
-            worst = float(diff.max()) if diff.size else 0.0
-            change = worst / scale if scale > 0 else worst
+            candidate = new.get(name, _MISSING)
+            if isinstance(reference, np.ndarray) and isinstance(candidate, np.ndarray) and \
+                    reference.dtype.kind in "biufc" and candidate.dtype.kind in "biufc":
+                change = _tensor_change(reference, candidate)
+            else:
+                change = 0.0 if _same_value(reference, candidate) else float("inf")
             changes[name] = max(changes.get(name, 0.0), change)
         for name in new:
             if name not in old:
                 changes[name] = float("inf")
     return changes
+
+
+_MISSING = object()
 
 
 def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
@@ -147,6 +175,10 @@ def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
             before = node_counts(current)
             try:
                 candidate = graph_pass.run(current, context)
+            except PassNotApplicable as err:
+                outcomes.append(PassOutcome(name, "skipped", before, before, message=str(err),
+                                            seconds=time.perf_counter() - started))
+                continue
             except Exception as err:
                 outcomes.append(PassOutcome(name, "failed", before, before,
                                             message=f"{type(err).__name__}: {err}",

@@ -6,7 +6,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcheck.passes.base import GraphPass, PassContext, default_opset, export_like
+from trtcheck.passes.base import (
+    GraphPass,
+    PassContext,
+    default_opset,
+    export_like,
+    import_graph,
+)
+from trtcheck.passes.fold import split_sliced_shapes
 from trtcheck.trt_support import initializer_inputs as table_initializer_inputs
 
 # Inputs TensorRT needs as initializers, beyond those its support tables list: shape-like
@@ -52,6 +59,7 @@ def constant_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
     target = sub.tensors()[tensor.name]
     sub.outputs = [target]
     sub.cleanup(remove_unused_graph_inputs=True).toposort()
+    split_sliced_shapes(sub)
     sub.fold_constants(fold_shapes=True, error_ok=True, flatten_subgraphs=False)
     folded = sub.tensors().get(tensor.name)
     if isinstance(folded, gs.Constant):
@@ -70,7 +78,7 @@ def make_initializer_inputs(model: onnx.ModelProto, context: PassContext) -> onn
       make them so). Otherwise it is left alone and `trtcheck lint` reports it.
     - Only the subgraph feeding each such input is evaluated; the rest is not folded.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     graph.toposort()
     opset = default_opset(model)
     for node in list(graph.nodes):
@@ -106,6 +114,11 @@ def _fits_int32(tensor: gs.Tensor) -> bool:
     return bool(values.size == 0 or (values.min() >= info.min and values.max() <= info.max))
 
 
+# Inputs whose schema allows int32 but which ONNX's shape inference (run by ONNX Runtime when it
+# loads a model) reads as int64 anyway ("ParseData type mismatch"): Pad-18's axes.
+_READ_AS_INT64 = {("Pad", "axes")}
+
+
 def narrow_int64(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
     """Stores int64 constants as int32 where the values fit and the op accepts int32 there.
 
@@ -117,7 +130,7 @@ def narrow_int64(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
     - Constants read by several nodes get one int32 copy; the int64 original stays for readers
       that need it.
     """
-    graph = gs.import_onnx(model)
+    graph = import_graph(model)
     opset = default_opset(model)
     narrowed: dict[str, gs.Constant] = {}
     for node in graph.nodes:
@@ -128,7 +141,9 @@ def narrow_int64(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
         for type_var, slots in _type_slots(schema, node).items():
             if "tensor(int32)" not in allowed.get(type_var, set()):
                 continue
-            if any(kind == "output" for kind, _ in slots):
+            if any(kind == "output" for kind, _ in slots) or any(
+                    (node.op, schema.inputs[min(i, len(schema.inputs) - 1)].name)
+                    in _READ_AS_INT64 for _, i in slots):
                 continue
             tensors = [node.inputs[i] for _, i in slots if node.inputs[i].name]
             if not tensors or not all(_fits_int32(t) for t in tensors):
@@ -152,24 +167,35 @@ def inline_if(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
     - Conditions that become constant only after folding need `fold-constants` first (it runs
       earlier in the default order).
     """
-    graph = gs.import_onnx(model)
-    taken = {node.name for node in graph.nodes}
+    graph = import_graph(model)
+    taken = {node.name for node in graph.nodes if node.name}
+
+    def unique(name: str) -> str:
+        candidate, count = name, 1
+        while candidate in taken:
+            count += 1
+            candidate = f"{name}_{count}"
+        taken.add(candidate)
+        return candidate
+
     for node in list(graph.nodes):
         if node.op != "If" or not isinstance(node.inputs[0], gs.Constant):
             continue
         condition = bool(np.asarray(node.inputs[0].values).ravel()[0])
         branch: gs.Graph = node.attrs["then_branch" if condition else "else_branch"]
+        prefix = node.name or "if"
         for inner in branch.nodes:
-            if inner.name in taken:
-                inner.name = f"{node.name}/{inner.name}"
-            taken.add(inner.name)
+            # ONNX allows any number of unnamed nodes, but no two with the same name.
+            if inner.name:
+                inner.name = unique(inner.name if inner.name not in taken
+                                    else f"{prefix}/{inner.name}")
             graph.nodes.append(inner)
         outputs = list(node.outputs)
         node.outputs.clear()
         node.inputs.clear()
         # Identity keeps the If's output names; `remove-noops` drops it where it can.
         for index, result in enumerate(outputs):
-            graph.nodes.append(gs.Node("Identity", name=f"{node.name}/out{index}",
+            graph.nodes.append(gs.Node("Identity", name=unique(f"{prefix}/out{index}"),
                                        inputs=[branch.outputs[index]], outputs=[result]))
     return export_like(graph, model)
 
