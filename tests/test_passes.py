@@ -247,3 +247,51 @@ def test_docs_describe_every_pass():
     for graph_pass in PASSES.values():
         assert f"## `{graph_pass.name}`" in docs
         assert graph_pass.rules.replace("\n    ", "\n") in docs, graph_pass.name
+
+
+def test_fold_constants_respects_shape_start_and_end():
+    # onnx-graphsurgeon alone folds Shape(start=1) of a [3,4,5] tensor to [3,4,5].
+    x = value("x", TensorProto.FLOAT, [3, 4, 5])
+    y = value("y", TensorProto.INT64, [2])
+    model = model_of([helper.make_node("Shape", ["x"], ["y"], name="shape", start=1)], [x], [y])
+    fixed = PASSES["fold-constants"].run(model, PassContext())
+    assert len(fixed.graph.node) == 0
+    np.testing.assert_array_equal(numpy_helper.to_array(fixed.graph.initializer[0]), [4, 5])
+
+
+def test_inline_if_with_unnamed_nodes_keeps_names_unique():
+    model = _if_model(True)
+    model.graph.node[0].name = ""
+    model.graph.node[0].attribute[1].g.node[0].name = ""  # the then-branch Relu
+    model.graph.node[0].attribute[0].g.node[0].name = ""
+    fixed = PASSES["inline-if"].run(model, PassContext())
+    names = [n.name for n in fixed.graph.node if n.name]
+    assert len(names) == len(set(names))
+    onnx.checker.check_model(fixed)
+
+
+def test_optional_values_are_skipped_not_failed():
+    optional = helper.make_value_info(
+        "x", helper.make_optional_type_proto(helper.make_tensor_type_proto(TensorProto.FLOAT,
+                                                                           [2])))
+    y = value("y", TensorProto.BOOL, [])
+    model = model_of([helper.make_node("OptionalHasElement", ["x"], ["y"], name="has")],
+                     [optional], [y], opset=18)
+    result = run_pipeline(model, ["fold-constants"], PassContext(),
+                          [{"x": np.zeros(2, np.float32)}])
+    (outcome,) = result.outcomes
+    assert outcome.status == "skipped" and "optional-typed" in outcome.message
+    assert result.clean
+
+
+def test_relative_change_on_sequences_and_strings():
+    from trtcheck.passes.pipeline import relative_change
+
+    before = [{"seq": [np.ones(2), np.zeros(3)], "text": np.array(["a", "b"]),
+               "x": np.array([1.0, 2.0])}]
+    same = [{"seq": [np.ones(2), np.zeros(3)], "text": np.array(["a", "b"]),
+             "x": np.array([1.0, 2.0 + 2e-7])}]
+    changed = [{"seq": [np.ones(2)], "text": np.array(["a", "c"]), "x": np.array([1.0, 2.0])}]
+    assert relative_change(before, same) == {"seq": 0.0, "text": 0.0, "x": pytest.approx(1e-7)}
+    assert relative_change(before, changed) == {"seq": float("inf"), "text": float("inf"),
+                                                "x": 0.0}
