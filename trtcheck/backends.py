@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def default_target() -> tuple[str, str]:
 
 
 def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
-                   options: BackendOptions, name: str):
+                   options: BackendOptions, name: str, mark: Sequence[str] = ()):
     import onnxruntime
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
@@ -135,8 +135,13 @@ def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     onnxruntime.set_default_logger_severity(3)
 
     source: bytes | str
-    if backend.emulated:
-        source = emulate(model.proto, plan).SerializeToString()
+    if backend.emulated or mark:
+        runnable = emulate(model.proto, plan) if backend.emulated else model.proto
+        if mark:
+            from polygraphy.backend.onnx import ModifyOutputs
+
+            runnable = ModifyOutputs(runnable, outputs=list(mark))()
+        source = runnable.SerializeToString()
     elif model.has_external_data():
         source = str(model.path)
     else:
@@ -222,11 +227,12 @@ def _profile_shapes(model: LoadedModel, options: BackendOptions) -> dict[str, tu
 
 
 def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
-              options: BackendOptions, name: str) -> TrtChain:
+              options: BackendOptions, name: str, mark: Sequence[str] = ()) -> TrtChain:
     """Builds the lazy TensorRT chain for `backend`; nothing here imports `tensorrt`."""
     from polygraphy.backend.trt import (
         CreateConfig,
         EngineFromNetwork,
+        ModifyNetworkOutputs,
         NetworkFromOnnxPath,
         PostprocessNetwork,
         Profile,
@@ -265,22 +271,29 @@ def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     network: Any = NetworkFromOnnxPath(onnx_path, strongly_typed=strongly_typed or None)
     if postprocess is not None:
         network = PostprocessNetwork(network, func=postprocess, name="KeepLayersInFp32")
+    if mark:
+        # Few marked tensors: marking changes TensorRT's fusions, so bisection marks sparingly.
+        network = ModifyNetworkOutputs(network, outputs=list(mark))
     engine = EngineFromNetwork(network, config=config)
     runner = TrtRunner(engine, name=name)
     return TrtChain(major, onnx_path, config, network, engine, runner)
 
 
-def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, name: str):
-    """Returns a Polygraphy runner for `backend`; TensorRT targets need `tensorrt` importable."""
+def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, name: str,
+                mark: Sequence[str] = ()):
+    """Returns a Polygraphy runner for `backend`; TensorRT targets need `tensorrt` importable.
+
+    `mark` names intermediate tensors to return as outputs besides the model's own.
+    """
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.family == "onnxrt":
-        return _onnxrt_runner(model, backend, plan, options, name)
+        return _onnxrt_runner(model, backend, plan, options, name, mark)
     if not tensorrt_usable():
         raise BackendUnavailableError(
             f"{backend.name}: TensorRT is not installed here (Python module 'tensorrt' not "
             f"importable); {TRT_INSTALL_HINT}"
         )
-    return trt_chain(model, backend, plan, options, name).runner
+    return trt_chain(model, backend, plan, options, name, mark).runner
 
 
 def polygraphy_flags(backend: Backend, options: BackendOptions, trt_major: int | None) -> list[str]:
