@@ -67,3 +67,21 @@ def audit_activations(activations: dict[str, np.ndarray], producers: dict[str, s
                     findings.append(RangeFinding(name, node, precision, "underflow", max_abs,
                                                  below, flushed))
     return findings
+
+
+def audit_model(path, inputs, precisions: tuple[str, ...]) -> list[RangeFinding]:
+    """Runs the model once on ONNX Runtime in fp32 with every tensor marked, then audits it."""
+    from trtcheck.backends import BackendOptions, get_backend
+    from trtcheck.core import quiet_polygraphy
+    from trtcheck.inputs import make_feeds
+    from trtcheck.localize import run_all_tensors
+    from trtcheck.model import load_model
+
+    with quiet_polygraphy():
+        model = load_model(path)
+        feeds = make_feeds(model, inputs)
+        activations = run_all_tensors(model, get_backend("onnxrt"), BackendOptions(),
+                                      feeds.iterations[0])
+    producers = {output: node.name or node.op_type for node in model.proto.graph.node
+                 for output in node.output}
+    return audit_activations(activations, producers, precisions)

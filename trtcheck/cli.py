@@ -177,6 +177,18 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                           "--load-outputs reads it)")
     out.add_argument("--save-inputs", type=Path, metavar="FILE.json",
                      help="save the inputs as Polygraphy input JSON (--load-inputs reads it)")
+    debug = parser.add_argument_group("bisection")
+    debug.add_argument("--bisect", action="store_true",
+                       help="on a mismatch, find the first divergent node, explain it, search "
+                            "a precision fix and write a repro folder")
+    debug.add_argument("--repro", type=Path, metavar="DIR", default=None,
+                       help="where bisection writes the repro folder (default: "
+                            "trtcheck-repro/MODEL-TARGET)")
+    debug.add_argument("--no-precision-fix", action="store_true",
+                       help="bisect without searching for nodes to keep in fp32")
+    debug.add_argument("--bisect-mode", choices=("auto", "exact", "search"), default="auto",
+                       help="exact: every tensor marked in one run (ONNX Runtime targets); "
+                            "search: few tensors per run, as on TensorRT (default auto)")
     parser.add_argument("--verbose", action="store_true",
                         help="show Polygraphy's log and tracebacks")
 
@@ -189,6 +201,22 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="run a reference and a target on the same inputs and compare outputs",
         description="Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run.")
     _add_compare_arguments(compare)
+    bisect = commands.add_parser(
+        "bisect", help="compare, and on a mismatch bisect to the first divergent node "
+                       "(compare --bisect)",
+        description="Exit codes: 0 pass (nothing to bisect), 1 mismatch (bisected), 2 usage or "
+                    "input error, 3 could not run.")
+    _add_compare_arguments(bisect)
+    audit = commands.add_parser(
+        "audit", help="find tensors beyond the fp16/bf16 range from fp32 activations alone",
+        description="Exit codes: 0 no overflow (underflows are reported), 1 a tensor overflows "
+                    "a reduced type, 2 usage or input error, 3 could not run.")
+    audit.add_argument("model", type=Path, help="the ONNX model to audit")
+    audit.add_argument("--precision", choices=("fp16", "bf16"), action="append",
+                       help="reduced type(s) to audit for (default both)")
+    _add_input_arguments(audit)
+    audit.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    audit.add_argument("--verbose", action="store_true", help="show tracebacks")
     fix = commands.add_parser(
         "fix", help="fold constants and fix what TensorRT cannot take, proving each pass "
                     "harmless with ONNX Runtime",
@@ -260,9 +288,18 @@ def run_compare(args: argparse.Namespace) -> int:
     from trtcheck.report.terminal import ComparisonView
 
     console = _console()
+    localization = None
     try:
         request = request_from_args(args)
         result = compare_model(request, verbose=args.verbose)
+        if result.target_note:
+            console.print(result.target_note, style="yellow")
+        console.print(ComparisonView(result))
+        console.print("Same check with TensorRT, on a GPU machine:", style="dim")
+        # soft_wrap keeps the command on one line so it can be copied as it is.
+        console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
+        if (args.bisect or args.command == "bisect") and result.verdict == "fail":
+            localization = _bisect(args, result, console)
     except TrtcheckError as err:
         if args.verbose:
             raise
@@ -270,15 +307,58 @@ def run_compare(args: argparse.Namespace) -> int:
         if args.json is not None:
             write_json(error_to_dict(str(err), str(args.model), library_versions()), args.json)
         return err.exit_code
-    if result.target_note:
-        console.print(result.target_note, style="yellow")
-    console.print(ComparisonView(result))
-    console.print("Same check with TensorRT, on a GPU machine:", style="dim")
-    # soft_wrap keeps the command on one line so it can be copied as it is.
-    console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
     if args.json is not None:
-        write_json(result_to_dict(result), args.json)
+        document = result_to_dict(result)
+        if localization is not None:
+            from trtcheck.report.bisect_report import localization_to_dict
+
+            document["bisect"] = localization_to_dict(localization)
+        write_json(document, args.json)
     return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
+
+
+def _bisect(args: argparse.Namespace, result, console):
+    from trtcheck.core import quiet_polygraphy
+    from trtcheck.localize import localize_comparison
+    from trtcheck.report.bisect_report import BisectView
+
+    repro = args.repro or Path("trtcheck-repro") / f"{args.model.stem}-{result.target.name}"
+    repro.mkdir(parents=True, exist_ok=True)
+    with quiet_polygraphy(args.verbose):
+        localization = localize_comparison(result, repro_dir=repro,
+                                           fix_precision=not args.no_precision_fix,
+                                           mode=args.bisect_mode)
+    console.print(BisectView(localization))
+    return localization
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from trtcheck.audit import audit_model
+    from trtcheck.report.json_report import write_json
+
+    try:
+        findings = audit_model(args.model, input_settings_from_args(args),
+                               tuple(args.precision or ("fp16", "bf16")))
+    except TrtcheckError as err:
+        if args.verbose:
+            raise
+        print(f"trtcheck: error: {err}", file=sys.stderr)
+        return err.exit_code
+    console = _console()
+    for finding in findings:
+        style = "red" if finding.kind == "overflow" else "yellow"
+        console.print(f"{finding.precision} {finding.kind}: {finding.describe()} "
+                      f"(node {finding.node})", style=style, soft_wrap=True)
+    overflows = [f for f in findings if f.kind == "overflow"]
+    console.print(f"{len(overflows)} overflow(s), {len(findings) - len(overflows)} "
+                  "underflow(s)" if findings else "every tensor fits the audited types")
+    if args.json is not None:
+        from dataclasses import asdict
+
+        write_json({"schema": "trtcheck.audit", "schema_version": 1, "model": str(args.model),
+                    "findings": [{**asdict(f), "description": f.describe()} for f in findings]},
+                   args.json)
+    return EXIT_MISMATCH if overflows else EXIT_PASS
 
 
 def run_fix(args: argparse.Namespace) -> int:
@@ -329,7 +409,8 @@ def run_lint(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"compare": run_compare, "fix": run_fix, "lint": run_lint}
+    commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
+                "fix": run_fix, "lint": run_lint}
     return commands[args.command](args)
 
 

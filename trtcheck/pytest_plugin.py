@@ -53,6 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "models (default: <rootdir>/artifacts/trtcheck)")
     group.addoption("--trtcheck-golden-dir", metavar="DIR", default=None,
                     help="folder of golden outputs (default: <rootdir>/golden)")
+    group.addoption("--trtcheck-bisect", action="store_true",
+                    help="bisect failing items to their first divergent node; the report and "
+                         "a repro folder (in the artifacts folder) say which and why")
     group.addoption("--trtcheck-summary", metavar="FILE.md", default=None,
                     help="write a Markdown summary, failures first (e.g. $GITHUB_STEP_SUMMARY)")
 
@@ -66,6 +69,7 @@ class TrtcheckSession:
     golden_mode: str
     require: frozenset[str]
     targets: tuple[str, ...]
+    bisect: bool = False
     reference_cache: Any = None
     outcomes: dict[str, str] = field(default_factory=dict)
 
@@ -101,6 +105,7 @@ def pytest_configure(config: pytest.Config) -> None:
         golden.CHECK,
         require=frozenset(config.getoption("--trtcheck-require-backend")),
         targets=tuple(config.getoption("--trtcheck-target")),
+        bisect=config.getoption("--trtcheck-bisect"),
     )
 
 
@@ -210,13 +215,31 @@ class CaseItem(pytest.Item):
                 reference_cache=state.reference_cache)
         except TrtcheckError as err:
             raise CaseFailure(f"{self.nodeid}: {err}\nreproduce: pytest '{self.nodeid}'") from err
-        self._write_report(outcome)
+        localization = self._bisect(outcome) if state.bisect else None
+        self._write_report(outcome, localization)
         if outcome.golden.status != "pass":
             # Not a CaseFailure: an expected failure of the target must not hide a reference
             # that drifted from its golden, or a golden that is missing.
             raise GoldenFailure(self._failure_text(outcome))
         if not outcome.passed:
-            raise CaseFailure(self._failure_text(outcome))
+            raise CaseFailure(self._failure_text(outcome, localization))
+
+    def _bisect(self, outcome: Any) -> Any:
+        from trtcheck.core import quiet_polygraphy
+        from trtcheck.errors import TrtcheckError
+        from trtcheck.localize import localize_comparison
+
+        if outcome.comparison.verdict == "pass":
+            return None
+        repro = self.state.artifacts / self.suite.name / self.case.name / (
+            f"{self.target.name}-repro")
+        repro.mkdir(parents=True, exist_ok=True)
+        try:
+            with quiet_polygraphy():
+                return localize_comparison(outcome.comparison, repro_dir=repro)
+        except TrtcheckError as err:
+            outcome.notes.append(f"bisect: {err}")
+            return None
 
     def _golden_exists(self) -> bool:
         from trtcheck.golden import GoldenPaths
@@ -224,8 +247,9 @@ class CaseItem(pytest.Item):
         return GoldenPaths.for_case(self.state.golden_dir, self.suite.name,
                                     self.case.name).exists()
 
-    def _write_report(self, outcome: Any) -> None:
+    def _write_report(self, outcome: Any, localization: Any) -> None:
         from trtcheck.atomic import write_atomically
+        from trtcheck.report.bisect_report import localization_to_dict
         from trtcheck.report.json_report import result_to_dict
 
         document = {
@@ -235,13 +259,16 @@ class CaseItem(pytest.Item):
             "notes": outcome.notes,
             "comparison": result_to_dict(outcome.comparison),
         }
+        if localization is not None:
+            document["comparison"]["bisect"] = localization_to_dict(localization)
         path = self.state.artifacts / self.suite.name / self.case.name / f"{self.target.name}.json"
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
         write_atomically(path, lambda partial: Path(partial).write_text(text))
 
-    def _failure_text(self, outcome: Any) -> str:
+    def _failure_text(self, outcome: Any, localization: Any = None) -> str:
         from rich.console import Console
 
+        from trtcheck.report.bisect_report import BisectView
         from trtcheck.report.terminal import ComparisonView
 
         buffer = StringIO()
@@ -252,6 +279,8 @@ class CaseItem(pytest.Item):
         console.print(f"{self.nodeid}: target vs reference {comparison}; reference vs golden "
                       f"{outcome.golden.status.upper()}", soft_wrap=True)
         console.print(ComparisonView(outcome.comparison))
+        if localization is not None:
+            console.print(BisectView(localization))
         if outcome.golden.status != "pass":
             console.print(f"golden: {outcome.golden.message}", soft_wrap=True)
         for note in outcome.notes:

@@ -1,0 +1,114 @@
+"""How a bisection reads: the culprit, why, the error trace, the precision fix, the repro."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.table import Table
+from rich.text import Text
+
+from trtcheck.audit import RangeFinding
+from trtcheck.localize import Localization, TracePoint
+
+# The trace is shown around the culprit and toward the output; the JSON has all of it.
+_SHOWN_BEFORE, _SHOWN_AFTER = 3, 8
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "inf" if math.isinf(value) else f"{value:.3g}"
+
+
+def _shown(trace: list[TracePoint], culprit: int) -> list[TracePoint | None]:
+    """Rows to show, None where rows are elided."""
+    position = next((k for k, p in enumerate(trace) if p.index == culprit), 0)
+    start = max(position - _SHOWN_BEFORE, 0)
+    end = min(position + _SHOWN_AFTER, len(trace))
+    rows: list[TracePoint | None] = list(trace[start:end])
+    if start > 0:
+        rows.insert(0, None)
+    if end < len(trace) - 1:
+        rows += [None, trace[-1]]
+    elif end == len(trace) - 1:
+        rows.append(trace[-1])
+    return rows
+
+
+class BisectView:
+    def __init__(self, result: Localization) -> None:
+        self.result = result
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        r = self.result
+        how = ("every tensor marked in one run" if r.mode == "exact" else
+               "a few tensors marked per run")
+        parts: list[Any] = [Text(f"bisect {r.output}: {r.target_runs} target run(s), {how}, "
+                                 f"{r.probe_points} tensors", style="bold")]
+        local = {True: "local", False: "inherited", None: "could not be run alone"}[r.local]
+        parts.append(Text(f"culprit: {r.culprit_node or '(unnamed)'} ({r.culprit_op}) -> "
+                          f"{r.culprit_tensor}  [{local}; alone on the target: error "
+                          f"{_fmt(r.local_error)} vs tolerance {r.tolerance_rel:.3g}]",
+                          style="red bold"))
+        parts += [Text(f"  why: {line}") for line in r.explanation]
+        parts.append(Text(f"  {r.note}", style="dim"))
+        table = Table(show_edge=False, header_style="bold",
+                      title=f"error along the path (relative to each tensor's largest |value|; "
+                            f"diverged above {r.tolerance_rel:.3g})", title_justify="left")
+        for column in ("#", "node", "op", "tensor", "rel error", "max |ref|", "verdict"):
+            table.add_column(column)
+        for point in _shown(r.trace, r.culprit_index):
+            if point is None:
+                table.add_row("...", "", "", "", "", "", "")
+                continue
+            verdict = Text("DIVERGED", style="red") if point.diverged else Text("ok", "green")
+            marker = " <- culprit" if point.index == r.culprit_index else ""
+            table.add_row(str(point.index), point.node + marker, point.op, point.tensor,
+                          _fmt(point.error), _fmt(point.max_abs_reference), verdict)
+        parts.append(table)
+        fix = r.precision_fix
+        if fix is not None:
+            state = f"verified in {fix.rounds} round(s)" if fix.verified else "NOT verified"
+            parts.append(Text(f"precision fix: keep {', '.join(fix.keep_fp32)} in fp32 "
+                              f"({state})", style="green" if fix.verified else "yellow"))
+            parts.append(Text(f"  emulated: --keep-fp32 {' '.join(fix.keep_fp32)}"))
+            parts.append(Text(f"  TensorRT 10: {fix.trt10_flags}"))
+            if fix.trt11_model:
+                parts.append(Text(f"  TensorRT 11: {fix.trt11_model} (strongly typed)"))
+        if r.repro_dir:
+            parts.append(Text(f"repro: {r.repro_dir} (README.md holds the commands)"))
+        yield Group(*parts)
+
+
+def _finding(finding: RangeFinding) -> dict[str, Any]:
+    return {**asdict(finding), "description": finding.describe()}
+
+
+def localization_to_dict(r: Localization) -> dict[str, Any]:
+    def number(value: float | None) -> float | str | None:
+        if value is None:
+            return None
+        return "inf" if math.isinf(value) else ("nan" if math.isnan(value) else value)
+
+    return {
+        "output": r.output,
+        "mode": r.mode,
+        "culprit": {"node": r.culprit_node, "op": r.culprit_op, "tensor": r.culprit_tensor,
+                    "index": r.culprit_index, "local": r.local,
+                    "local_error": number(r.local_error)},
+        "target_runs": r.target_runs,
+        "runs": r.runs,
+        "probe_points": r.probe_points,
+        "tolerance_rel": r.tolerance_rel,
+        "boundary_verified": r.boundary_verified,
+        "note": r.note,
+        "explanation": r.explanation,
+        "trace": [{**asdict(p), "error": number(p.error),
+                   "max_abs_error": number(p.max_abs_error)} for p in r.trace],
+        "audit": [_finding(f) for f in r.audit],
+        "precision_fix": None if r.precision_fix is None else asdict(r.precision_fix),
+        "repro_dir": r.repro_dir,
+    }
