@@ -217,3 +217,20 @@ def test_xdist_gives_the_same_verdicts_as_a_serial_run(project, tmp_path):
     assert len(serial_verdicts) == 4
     assert serial_verdicts == _junit_verdicts(tmp_path / "xdist.xml")
     parallel.stdout.fnmatch_lines(["*trtcheck: items per target*", "fp16 *1 failed, 1 xfailed*"])
+
+
+def test_bisect_option_explains_failing_items(project):
+    make_goldens(project)
+    (project.path / "demo.suite.toml").write_text(SUITE.split("[[case.expected_failure]]")[0])
+    result = project.runpytest("-k", "heads", "-m", "not tensorrt", "--trtcheck-bisect")
+    result.assert_outcomes(failed=1, deselected=3)
+    result.stdout.fnmatch_lines([
+        "*bisect energy: 2 target run(s)*",
+        "*culprit: energy/sumsq (ReduceSumSquare)*local*",
+        "*why: tensor energy/sumsq reaches 1.*e+07 in fp32, beyond fp16's 65504*",
+        "*precision fix: keep*energy/sumsq*verified*",
+    ])
+    repro = project.path / "artifacts" / "trtcheck" / "demo" / "heads" / "fp16-repro"
+    assert (repro / "culprit.onnx").is_file() and (repro / "README.md").is_file()
+    report = project.path / "artifacts" / "trtcheck" / "demo" / "heads" / "fp16.json"
+    assert '"culprit"' in report.read_text()
