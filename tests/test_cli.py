@@ -54,8 +54,10 @@ def test_two_outputs_one_passes_one_fails(save_model, trtcheck_cli, tmp_path):
     assert verdicts == {"scores": True, "energy": False}
     assert report["verdict"] == "fail"
     assert "energy: 1 non-finite value(s) where the reference is finite" in run.stdout
-    (hint,) = report["hints"]
-    assert hint.startswith("energy: inf/nan only in the fp16 target") and "--keep-fp32" in hint
+    bisect_hint, overflow_hint = report["hints"]
+    assert "--bisect" in bisect_hint
+    assert overflow_hint.startswith("energy: inf/nan only in the fp16 target")
+    assert "--keep-fp32" in overflow_hint
 
 
 def test_nonfinite_fails_whatever_the_tolerance(save_model, trtcheck_cli, tmp_path):

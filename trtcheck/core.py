@@ -79,15 +79,18 @@ class ComparisonResult:
     @property
     def hints(self) -> list[str]:
         """What to try next, for failures whose likely cause is known."""
-        overflowed = [diff.name for diff in self.outputs if diff.nonfinite_mismatches]
-        if not overflowed or self.target.precision != "fp16":
+        if self.verdict == "pass":
             return []
-        return [
-            f"{', '.join(overflowed)}: inf/nan only in the fp16 target is usually an overflow "
-            "(|x| > 65504) inside the model; --target onnxrt-bf16 (fp32's range, less precision) "
-            "tells range from rounding, and --keep-fp32 NODE ... keeps the overflowing nodes in "
-            "fp32"
-        ]
+        hints = ["--bisect (or `trtcheck bisect`) finds the node where the divergence starts, "
+                 "says why, and proposes nodes to keep in fp32"]
+        overflowed = [diff.name for diff in self.outputs if diff.nonfinite_mismatches]
+        if overflowed and self.target.precision == "fp16":
+            hints.append(
+                f"{', '.join(overflowed)}: inf/nan only in the fp16 target is usually an overflow "
+                "(|x| > 65504) inside the model; --target onnxrt-bf16 (fp32's range, less "
+                "precision) tells range from rounding, and --keep-fp32 NODE ... keeps the "
+                "overflowing nodes in fp32")
+        return hints
 
 
 def library_versions() -> dict[str, str | None]:
