@@ -301,12 +301,9 @@ def run_compare(args: argparse.Namespace) -> int:
         if (args.bisect or args.command == "bisect") and result.verdict == "fail":
             localization = _bisect(args, result, console)
     except TrtcheckError as err:
-        if args.verbose:
-            raise
-        print(f"trtcheck: error: {err}", file=sys.stderr)
         if args.json is not None:
             write_json(error_to_dict(str(err), str(args.model), library_versions()), args.json)
-        return err.exit_code
+        raise
     if args.json is not None:
         document = result_to_dict(result)
         if localization is not None:
@@ -336,14 +333,8 @@ def run_audit(args: argparse.Namespace) -> int:
     from trtcheck.audit import audit_model
     from trtcheck.report.json_report import write_json
 
-    try:
-        findings = audit_model(args.model, input_settings_from_args(args),
-                               tuple(args.precision or ("fp16", "bf16")))
-    except TrtcheckError as err:
-        if args.verbose:
-            raise
-        print(f"trtcheck: error: {err}", file=sys.stderr)
-        return err.exit_code
+    findings = audit_model(args.model, input_settings_from_args(args),
+                           tuple(args.precision or ("fp16", "bf16")))
     console = _console()
     for finding in findings:
         style = "red" if finding.kind == "overflow" else "yellow"
@@ -367,15 +358,9 @@ def run_fix(args: argparse.Namespace) -> int:
     from trtcheck.report.json_report import write_json
 
     console = _console()
-    try:
-        result = fix_model(args.model, args.output, passes=args.passes,
-                           inputs=input_settings_from_args(args), rtol=args.rtol,
-                           require_verification=not args.no_verify, static_shapes=args.static)
-    except TrtcheckError as err:
-        if args.verbose:
-            raise
-        print(f"trtcheck: error: {err}", file=sys.stderr)
-        return err.exit_code
+    result = fix_model(args.model, args.output, passes=args.passes,
+                       inputs=input_settings_from_args(args), rtol=args.rtol,
+                       require_verification=not args.no_verify, static_shapes=args.static)
     console.print(FixView(result))
     if args.json is not None:
         write_json(fix_to_dict(result), args.json)
@@ -393,13 +378,7 @@ def run_lint(args: argparse.Namespace) -> int:
     if major is None:
         version = tensorrt_version()
         major = 11 if version and int(version.split(".")[0]) >= 11 else 10
-    try:
-        result = lint_model(load_model(args.model), major)
-    except TrtcheckError as err:
-        if args.verbose:
-            raise
-        print(f"trtcheck: error: {err}", file=sys.stderr)
-        return err.exit_code
+    result = lint_model(load_model(args.model), major)
     _console().print(LintView(result))
     if args.json is not None:
         write_json(lint_to_dict(result), args.json)
@@ -411,7 +390,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
                 "fix": run_fix, "lint": run_lint}
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except TrtcheckError as err:
+        if args.verbose:
+            raise
+        print(f"trtcheck: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def entry_point() -> None:
