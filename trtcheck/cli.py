@@ -18,6 +18,7 @@ from trtcheck.backends import BACKENDS, BackendOptions
 from trtcheck.compare import ERROR_STATS, check_tolerance_value
 from trtcheck.errors import EXIT_INPUT_ERROR, EXIT_MISMATCH, EXIT_PASS, TrtcheckError, UsageError
 from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange, parse_range, parse_shape
+from trtcheck.progress import display
 
 
 class _Parser(argparse.ArgumentParser):
@@ -291,7 +292,8 @@ def run_compare(args: argparse.Namespace) -> int:
     localization = None
     try:
         request = request_from_args(args)
-        result = compare_model(request, verbose=args.verbose)
+        with display(console):
+            result = compare_model(request, verbose=args.verbose)
         if result.target_note:
             console.print(result.target_note, style="yellow")
         console.print(ComparisonView(result))
@@ -321,7 +323,7 @@ def _bisect(args: argparse.Namespace, result, console):
 
     repro = args.repro or Path("trtcheck-repro") / f"{args.model.stem}-{result.target.name}"
     repro.mkdir(parents=True, exist_ok=True)
-    with quiet_polygraphy(args.verbose):
+    with quiet_polygraphy(args.verbose), display(console):
         localization = localize_comparison(result, repro_dir=repro,
                                            fix_precision=not args.no_precision_fix,
                                            mode=args.bisect_mode)

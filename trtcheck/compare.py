@@ -136,6 +136,57 @@ class OutputDiff:
     required_atol: float | None
     required_rtol: float | None
     iteration: int = 0
+    # Small summaries of the whole error distribution, for reports that never hold tensors.
+    histogram: ErrorHistogram | None = None
+    sample: ErrorSample | None = None
+
+
+@dataclass(frozen=True)
+class ErrorHistogram:
+    """Counts of |target - reference| per log10 bin; exact zeros and non-finite counted apart."""
+
+    log10_edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    zeros: int
+    nonfinite: int
+
+
+@dataclass(frozen=True)
+class ErrorSample:
+    """A fixed-seed sample of (reference value, |error|) pairs, for error-vs-value plots."""
+
+    reference: tuple[float, ...]
+    abs_error: tuple[float, ...]
+
+
+HISTOGRAM_BINS = 16
+SAMPLE_SIZE = 256
+
+
+def error_histogram(absdiff: np.ndarray) -> ErrorHistogram:
+    flat = absdiff.ravel()
+    finite = flat[np.isfinite(flat)]
+    positive = finite[finite > 0]
+    zeros = int((finite == 0).sum())
+    nonfinite = int(flat.size - finite.size)
+    if positive.size == 0:
+        return ErrorHistogram((), (), zeros, nonfinite)
+    logs = np.log10(positive)
+    low, high = float(np.floor(logs.min())), float(np.ceil(logs.max()))
+    if high <= low:
+        high = low + 1
+    counts, edges = np.histogram(logs, bins=HISTOGRAM_BINS, range=(low, high))
+    return ErrorHistogram(tuple(round(float(e), 6) for e in edges), tuple(int(c) for c in counts),
+                          zeros, nonfinite)
+
+
+def error_sample(reference: np.ndarray, absdiff: np.ndarray) -> ErrorSample:
+    flat_ref, flat_err = reference.astype(np.float64).ravel(), absdiff.ravel()
+    if flat_ref.size > SAMPLE_SIZE:
+        picks = np.random.default_rng(0).choice(flat_ref.size, SAMPLE_SIZE, replace=False)
+        picks.sort()
+        flat_ref, flat_err = flat_ref[picks], flat_err[picks]
+    return ErrorSample(tuple(float(v) for v in flat_ref), tuple(float(v) for v in flat_err))
 
 
 def _abs_rel(target: np.ndarray, reference: np.ndarray):
@@ -232,6 +283,7 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
         max_abs_index=index, reference_at_max=ref_at, target_at_max=tgt_at, max_rel_error=max_rel,
         mean_abs_error=mean_abs, p99_abs_error=p99, cosine=cosine, snr=snr,
         required_atol=req_atol, required_rtol=req_rtol, iteration=iteration,
+        histogram=error_histogram(absdiff), sample=error_sample(reference, absdiff),
     )
 
 

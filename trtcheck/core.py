@@ -29,6 +29,7 @@ from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
+from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, trtcheck_command
 from trtcheck.suite import Case, SuiteError, TargetSpec
 
@@ -236,13 +237,17 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
 
     target_model, passes = model, None
     if request.passes:
-        target_model, passes = _fixed_model(model, list(request.passes), feeds, options)
+        with step(f"graph passes: {', '.join(request.passes)}"):
+            target_model, passes = _fixed_model(model, list(request.passes), feeds, options)
 
     start = time.perf_counter()
     run_results = RunResults()
-    run_results.append(reference_cache.get_or_run(model, reference, options, feeds,
-                                                  reference_name))
-    run_results.append(_run_backend(target_model, target, options, feeds, target_name))
+    with step(f"running the reference ({reference.name})"):
+        run_results.append(reference_cache.get_or_run(model, reference, options, feeds,
+                                                      reference_name))
+    building = "building the TensorRT engine and running" if target.family == "trt" else "running"
+    with step(f"{building} the target ({target.name})"):
+        run_results.append(_run_backend(target_model, target, options, feeds, target_name))
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
     outputs = compare_runs(run_results, reference_name, target_name, tolerances)
@@ -323,7 +328,8 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     if case.error is not None:
         raise SuiteError(case.error)
     assert case.model is not None
-    model_path = resolve(case.model)
+    with step(f"fetching {case.model.text}"):
+        model_path = resolve(case.model)
     work_dir = artifacts / suite_name / case.name if artifacts is not None else None
     request = CompareRequest(
         model=model_path, reference=case.reference, target=target.backend,

@@ -36,6 +36,7 @@ from trtcheck.backends import Backend, BackendOptions, get_backend, make_runner
 from trtcheck.bisect import exact_origin, search_origin
 from trtcheck.errors import BackendRunError, UsageError
 from trtcheck.model import LoadedModel, load_model
+from trtcheck.progress import step
 
 Activations = dict[str, np.ndarray]
 
@@ -141,7 +142,8 @@ def _run(model: LoadedModel, backend: Backend, options: BackendOptions, feed: di
 
     try:
         runner = make_runner(model, backend, options, name, mark=mark)
-        results = Comparator.run([runner], data_loader=[feed])
+        with step(f"{name}: {backend.name}, {len(mark)} tensor(s) marked"):
+            results = Comparator.run([runner], data_loader=[feed])
     except Exception as err:
         raise BackendRunError(f"{backend.name}: a probe run failed: "
                               f"{str(err).strip().splitlines()[0]}") from err

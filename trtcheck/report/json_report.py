@@ -50,6 +50,13 @@ def output_to_dict(diff: OutputDiff) -> dict[str, Any]:
         "required_rtol": _number(diff.required_rtol),
         "tolerance": {key: _number(v) if isinstance(v, float) else v
                       for key, v in diff.tolerance.__dict__.items()},
+        "error_histogram": None if diff.histogram is None else {
+            "log10_edges": list(diff.histogram.log10_edges),
+            "counts": list(diff.histogram.counts),
+            "zeros": diff.histogram.zeros, "nonfinite": diff.histogram.nonfinite},
+        "sample": None if diff.sample is None else {
+            "reference": [_number(v) for v in diff.sample.reference],
+            "abs_error": [_number(v) for v in diff.sample.abs_error]},
     }
 
 

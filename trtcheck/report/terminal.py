@@ -8,7 +8,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from trtcheck.compare import OutputDiff
+from trtcheck.compare import ErrorHistogram, OutputDiff
 from trtcheck.core import ComparisonResult
 
 
@@ -85,6 +85,9 @@ class ComparisonView:
         for diff in result.outputs:
             for reason in diff.failures:
                 parts.append(Text(f"  {diff.name}: {reason}", style="red"))
+            if not diff.passed and diff.histogram is not None:
+                parts.append(Text(f"  {diff.name} |error|: {sparkline(diff.histogram)}",
+                                  style="dim"))
         passed = sum(diff.passed for diff in result.outputs)
         summary = Text(
             f"{result.verdict.upper()}: {passed} of {len(result.outputs)} output(s) within "
@@ -92,6 +95,24 @@ class ComparisonView:
         parts.append(summary)
         parts.extend(Text(f"hint: {hint}", style="yellow") for hint in result.hints)
         yield Group(*parts)
+
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(histogram: ErrorHistogram) -> str:
+    """A one-line histogram of log10 |error|: '1e-07 ▁▃█▅▂ 1e-01, 12 exact, 3 inf/nan'."""
+    parts = []
+    if histogram.counts:
+        peak = max(histogram.counts)
+        bars = "".join(_BARS[min(len(_BARS) - 1, math.ceil(8 * c / peak))] if c else " "
+                       for c in histogram.counts)
+        parts.append(f"1e{histogram.log10_edges[0]:+.0f} {bars} 1e{histogram.log10_edges[-1]:+.0f}")
+    if histogram.zeros:
+        parts.append(f"{histogram.zeros} exact")
+    if histogram.nonfinite:
+        parts.append(f"{histogram.nonfinite} inf/nan")
+    return ", ".join(parts)
 
 
 def _tolerance_summary(result: ComparisonResult) -> str:
