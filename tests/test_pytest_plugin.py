@@ -217,6 +217,9 @@ def test_xdist_gives_the_same_verdicts_as_a_serial_run(project, tmp_path):
     assert len(serial_verdicts) == 4
     assert serial_verdicts == _junit_verdicts(tmp_path / "xdist.xml")
     parallel.stdout.fnmatch_lines(["*trtcheck: items per target*", "fp16 *1 failed, 1 xfailed*"])
+    # The controller assembles the HTML report from the workers' item reports.
+    page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
+    assert "demo.suite.toml::cnn[fp16]" in page and "demo.suite.toml::heads[fp16]" in page
 
 
 def test_bisect_option_explains_failing_items(project):
@@ -234,3 +237,6 @@ def test_bisect_option_explains_failing_items(project):
     assert (repro / "culprit.onnx").is_file() and (repro / "README.md").is_file()
     report = project.path / "artifacts" / "trtcheck" / "demo" / "heads" / "fp16.json"
     assert '"culprit"' in report.read_text()
+    page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
+    assert "demo.suite.toml::heads[fp16]" in page and "energy/sumsq" in page
+    result.stdout.fnmatch_lines(["trtcheck HTML report: *report.html"])

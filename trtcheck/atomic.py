@@ -18,6 +18,10 @@ def write_atomically(path: Path, write: Callable[[str], object]) -> None:
     os.close(handle)
     try:
         write(partial)
+        # mkstemp creates the file private (0600); the result gets the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

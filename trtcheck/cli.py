@@ -173,6 +173,8 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="TensorRT major version to build for (default: installed one)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
+    out.add_argument("--report", type=Path, metavar="FILE.html",
+                     help="write a self-contained HTML report (plots, bisection, commands)")
     out.add_argument("--save-outputs", type=Path, metavar="FILE.json",
                      help="save both runs as Polygraphy RunResults (polygraphy run "
                           "--load-outputs reads it)")
@@ -285,7 +287,7 @@ def _console(stderr: bool = False):
 
 def run_compare(args: argparse.Namespace) -> int:
     from trtcheck.core import compare_model, library_versions
-    from trtcheck.report.json_report import error_to_dict, result_to_dict, write_json
+    from trtcheck.report.json_report import error_to_dict, result_to_dict
     from trtcheck.report.terminal import ComparisonView
 
     console = _console()
@@ -303,17 +305,29 @@ def run_compare(args: argparse.Namespace) -> int:
         if (args.bisect or args.command == "bisect") and result.verdict == "fail":
             localization = _bisect(args, result, console)
     except TrtcheckError as err:
-        if args.json is not None:
-            write_json(error_to_dict(str(err), str(args.model), library_versions()), args.json)
+        _write_reports(args, error_to_dict(str(err), str(args.model), library_versions()))
         raise
-    if args.json is not None:
-        document = result_to_dict(result)
-        if localization is not None:
-            from trtcheck.report.bisect_report import localization_to_dict
+    document = result_to_dict(result)
+    if localization is not None:
+        from trtcheck.report.bisect_report import localization_to_dict
 
-            document["bisect"] = localization_to_dict(localization)
-        write_json(document, args.json)
+        document["bisect"] = localization_to_dict(localization)
+    _write_reports(args, document)
     return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
+
+
+def _write_reports(args: argparse.Namespace, document: dict[str, Any]) -> None:
+    from trtcheck.report.json_report import write_json
+
+    if args.json is not None:
+        write_json(document, args.json)
+    if args.report is not None:
+        from trtcheck.atomic import write_atomically
+        from trtcheck.report.html_report import render
+
+        page = render([(args.model.name, document, {})], f"trtcheck {args.command} "
+                      f"{args.model.name}")
+        write_atomically(args.report, lambda partial: Path(partial).write_text(page))
 
 
 def _bisect(args: argparse.Namespace, result, console):

@@ -264,6 +264,8 @@ class CaseItem(pytest.Item):
         path = self.state.artifacts / self.suite.name / self.case.name / f"{self.target.name}.json"
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
         write_atomically(path, lambda partial: Path(partial).write_text(text))
+        # Travels with the test report (also across xdist workers) to the HTML report.
+        self.user_properties.append(("trtcheck_report", str(path)))
 
     def _failure_text(self, outcome: Any, localization: Any = None) -> str:
         from rich.console import Console
@@ -368,9 +370,35 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         counts = per_target[target]
         parts = ", ".join(f"{counts[c]} {c}" for c in _CATEGORIES if counts[c])
         terminalreporter.write_line(f"{target:<{width}}  {parts}")
+    if hasattr(config, "workerinput"):
+        return
     summary = config.getoption("--trtcheck-summary")
-    if summary and not hasattr(config, "workerinput"):
+    if summary:
         _write_markdown(Path(summary), outcomes, per_target)
+    page = _write_html(config.stash[_SESSION].artifacts, outcomes)
+    if page is not None:
+        terminalreporter.write_line(f"trtcheck HTML report: {page}")
+
+
+def _write_html(artifacts: Path, outcomes: dict[str, tuple[str, Any]]) -> Path | None:
+    from trtcheck.atomic import write_atomically
+    from trtcheck.report.html_report import render
+
+    items = []
+    for nodeid, (_category, report) in sorted(outcomes.items()):
+        path = dict(getattr(report, "user_properties", [])).get("trtcheck_report")
+        if not path or not Path(path).is_file():
+            continue
+        document = json.loads(Path(path).read_text())
+        extra = {"golden": document["golden"], "notes": document["notes"],
+                 "pytest_command": f"pytest '{nodeid}'"}
+        items.append((nodeid, document["comparison"], extra))
+    if not items:
+        return None
+    page = artifacts / "report.html"
+    text = render(items, "trtcheck suites")
+    write_atomically(page, lambda partial: Path(partial).write_text(text))
+    return page
 
 
 def _write_markdown(path: Path, outcomes: dict[str, tuple[str, Any]],

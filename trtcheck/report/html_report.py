@@ -1,0 +1,199 @@
+"""A self-contained HTML report, drawn from report documents (the JSON reports).
+
+One file, inline CSS and inline SVG plots, no script and nothing fetched from the network. The
+numbers are formatted by `fmt` from the same documents the JSON report holds, so both agree.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from typing import Any
+
+from trtcheck.report import plots
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
+max-width:1180px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 6px;border-top:1px solid #ddd;
+padding-top:16px} h3{font-size:15px;margin:16px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0} th,td{padding:3px 8px;
+border-bottom:1px solid #eee;text-align:right} th{background:#f6f6f6}
+td.l,th.l{text-align:left}
+.pass{color:#1a7f37;font-weight:600} .fail{color:#c62828;font-weight:600}
+.error{color:#b26a00;font-weight:600} .muted{color:#666;font-size:13px}
+pre{background:#f6f8fa;padding:8px;font-size:12px;white-space:pre-wrap;word-break:break-all}
+.plots{display:flex;flex-wrap:wrap;gap:8px} .plots svg{width:520px;height:auto}
+.box{border-left:4px solid #c62828;padding:4px 12px;background:#fff5f5;margin:8px 0}
+.ok{border-left-color:#1a7f37;background:#f3fbf5}
+"""
+
+
+def fmt(value: Any) -> str:
+    """How every number appears in the report (3 significant digits; inf/nan/None spelled)."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.3g}"
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _verdict(verdict: str) -> str:
+    return f'<span class="{_e(verdict)}">{_e(verdict.upper())}</span>'
+
+
+def _table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    head = "".join(f'<th class="{"l" if i < left else ""}">{_e(h)}</th>'
+                   for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{cell}</td>'
+                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _outputs(document: dict[str, Any]) -> str:
+    rows = []
+    for out in document["outputs"]:
+        index = "[" + ",".join(str(i) for i in out["max_abs_index"]) + "]"
+        rows.append([
+            _e(out["name"]), _verdict("pass" if out["passed"] else "fail"),
+            f'{fmt(out["max_abs_error"])} @ {_e(index)}',
+            f'{fmt(out["reference_at_max"])} &rarr; {fmt(out["target_at_max"])}',
+            fmt(out["max_rel_error"]), fmt(out["mean_abs_error"]), fmt(out["p99_abs_error"]),
+            fmt(out["cosine"]), f'{out["exceeding"]} of {out["elements"]}',
+            f'{fmt(out["required_atol"])} | {fmt(out["required_rtol"])}',
+        ])
+    return _table(["output", "verdict", "max abs err @ index", "reference → target", "max rel",
+                   "mean abs", "p99 abs", "cosine", "exceeding", "needs atol | rtol"], rows)
+
+
+def _plots(document: dict[str, Any]) -> str:
+    parts = []
+    for out in document["outputs"]:
+        if out["passed"]:
+            continue
+        figures = []
+        if out.get("error_histogram"):
+            figures.append(plots.error_histogram(out["error_histogram"], out["name"]))
+        if out.get("sample") and out["sample"]["reference"]:
+            tolerance = out["tolerance"]
+            figures.append(plots.error_vs_reference(out["sample"], out["name"],
+                                                    float(tolerance["atol"]),
+                                                    float(tolerance["rtol"])))
+        failures = "".join(f"<li>{_e(f)}</li>" for f in out["failures"])
+        parts.append(f'<h3>{_e(out["name"])}</h3><ul>{failures}</ul>'
+                     f'<div class="plots">{"".join(figures)}</div>')
+    return "".join(parts)
+
+
+def _bisect(bisect: dict[str, Any]) -> str:
+    culprit = bisect["culprit"]
+    local = {True: "local", False: "inherited", None: "could not be run alone"}[culprit["local"]]
+    why = "".join(f"<li>{_e(line)}</li>" for line in bisect["explanation"])
+    parts = [
+        "<h3>Bisection</h3>",
+        f'<div class="box"><b>culprit: {_e(culprit["node"] or "(unnamed)")}</b> '
+        f'({_e(culprit["op"])}) &rarr; <code>{_e(culprit["tensor"])}</code>: {_e(local)}; '
+        f'alone on the target: error {fmt(culprit["local_error"])} against tolerance '
+        f'{fmt(bisect["tolerance_rel"])}<ul>{why}</ul>'
+        f'<div class="muted">{bisect["target_runs"]} target run(s), mode {_e(bisect["mode"])}; '
+        f'{_e(bisect["note"])}</div></div>',
+    ]
+    if bisect["trace"]:
+        parts.append('<div class="plots">' + plots.bisect_trace(
+            bisect["trace"], culprit["index"], float(bisect["tolerance_rel"]),
+            bisect["output"]) + "</div>")
+        rows = [[str(p["index"]), _e(p["node"]), _e(p["op"]), _e(p["tensor"]), fmt(p["error"]),
+                 fmt(p["max_abs_reference"]),
+                 '<span class="fail">diverged</span>' if p["diverged"] else "ok"]
+                for p in bisect["trace"][-40:]]
+        parts.append(_table(["#", "node", "op", "tensor", "relative error", "max |reference|",
+                             "verdict"], rows, left=4))
+    fix = bisect.get("precision_fix")
+    if fix:
+        state = "verified" if fix["verified"] else "not verified"
+        parts.append(f'<div class="box ok"><b>precision fix ({state}):</b> keep '
+                     f'{_e(", ".join(fix["keep_fp32"]))} in fp32<pre>--keep-fp32 '
+                     f'{_e(" ".join(fix["keep_fp32"]))}\nTensorRT 10: {_e(fix["trt10_flags"])}'
+                     + (f'\nTensorRT 11: {_e(fix["trt11_model"])}' if fix["trt11_model"] else "")
+                     + "</pre></div>")
+    if bisect.get("repro_dir"):
+        parts.append(f'<p class="muted">repro folder: <code>{_e(bisect["repro_dir"])}</code></p>')
+    return "".join(parts)
+
+
+def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str:
+    anchor = _e(title)
+    if document["verdict"] == "error":
+        return (f'<h2 id="{anchor}">{_e(title)} {_verdict("error")}</h2>'
+                f'<pre>{_e(document["error"])}</pre>')
+    config = document["config"]
+    inputs = _table(["input", "dtype", "shape", "range", "source"], [
+        [_e(i["name"]), _e(i["dtype"]), _e(i["shape"]),
+         f'[{fmt(i["range"][0])}, {fmt(i["range"][1])}]', _e(i["source"])]
+        for i in config["inputs"]])
+    notes = "".join(f"<li>{_e(n)}</li>" for n in [*extra.get("notes", []),
+                                                   *document.get("hints", [])])
+    golden = extra.get("golden")
+    golden_line = (f'<p>golden: {_verdict("pass" if golden["status"] == "pass" else "fail")} '
+                   f'{_e(golden["message"])}</p>' if golden else "")
+    return "".join([
+        f'<h2 id="{anchor}">{_e(title)} {_verdict(document["verdict"])}</h2>',
+        f'<p class="muted">{_e(document["model"]["path"])} (sha256 '
+        f'{_e((document["model"]["sha256"] or "")[:16])}) &middot; target '
+        f'<b>{_e(config["target"]["backend"])}</b> vs reference '
+        f'{_e(config["reference"]["backend"])}</p>',
+        golden_line, _outputs(document), f"<ul>{notes}</ul>" if notes else "",
+        _plots(document),
+        _bisect(document["bisect"]) if document.get("bisect") else "",
+        "<h3>Inputs</h3>", inputs,
+        "<h3>Reproduce</h3><pre>",
+        _e("\n".join(c for c in (extra.get("pytest_command"), document["trtcheck_command"],
+                                 document["polygraphy_command"]) if c)),
+        "</pre><details><summary>Effective configuration and versions</summary><pre>",
+        _e(json.dumps({"config": config, "versions": document["versions"]}, indent=2)),
+        "</pre></details>",
+    ])
+
+
+def render(items: list[tuple[str, dict[str, Any], dict[str, Any]]], title: str) -> str:
+    """A page for `items`: (title, compare document, extra: golden/notes/pytest_command)."""
+    order = {"error": 0, "fail": 1, "pass": 2}
+    items = sorted(items, key=lambda item: (order.get(item[1]["verdict"], 3), item[0]))
+    counts = {verdict: sum(1 for _, d, _ in items if d["verdict"] == verdict)
+              for verdict in ("fail", "error", "pass")}
+    summary_rows = []
+    for name, document, _ in items:
+        failing = [o["name"] for o in document["outputs"] if not o["passed"]]
+        target = (document.get("config") or {}).get("target", {}).get("backend", "-")
+        culprit = (document.get("bisect") or {}).get("culprit", {}).get("node", "")
+        summary_rows.append([f'<a href="#{_e(name)}">{_e(name)}</a>', _e(target),
+                             _verdict(document["verdict"]), _e(", ".join(failing) or "-"),
+                             _e(culprit or "-")])
+    summary = _table(["item", "target", "verdict", "failing outputs", "culprit"], summary_rows,
+                     left=2)
+    versions = items[0][1]["versions"] if items else {}
+    return "".join([
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="muted">{counts["fail"]} failed, {counts["error"]} error(s), '
+        f'{counts["pass"]} passed &middot; trtcheck {_e(versions.get("trtcheck"))}, '
+        f'polygraphy {_e(versions.get("polygraphy"))}, onnxruntime '
+        f'{_e(versions.get("onnxruntime"))}, TensorRT {_e(versions.get("tensorrt") or "absent")}'
+        "</p>", summary,
+        *(_section(document, name, extra) for name, document, extra in items),
+        "</body></html>\n",
+    ])
