@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from polygraphy.comparator import IterationResult, RunResults
 
-from trtcheck.compare import ComparisonError, Tolerance, Tolerances, compare_runs
+from trtcheck.compare import ComparisonError, compare_runs
+from trtcheck.tolerance import Tolerance, Tolerances
 
 REF, TGT = "reference:onnxrt", "target:onnxrt-fp16"
 

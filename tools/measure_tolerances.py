@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from trtcheck.backends import BackendOptions, tensorrt_usable
-from trtcheck.compare import ToleranceRequest
 from trtcheck.core import CompareRequest, ReferenceCache, compare_model
 from trtcheck.sources import resolve
 from trtcheck.suite import load_suite
+from trtcheck.tolerance import ToleranceRequest
 
 
 def _round_up(value: float) -> float:

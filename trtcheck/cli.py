@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trtcheck.backends import BACKENDS, BackendOptions
-from trtcheck.compare import ERROR_STATS, check_tolerance_value
 from trtcheck.errors import EXIT_INPUT_ERROR, EXIT_MISMATCH, EXIT_PASS, TrtcheckError, UsageError
 from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange, parse_range, parse_shape
 from trtcheck.progress import display
+from trtcheck.tolerance import ERROR_STATS, check_tolerance_value
 
 
 class _Parser(argparse.ArgumentParser):

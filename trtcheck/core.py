@@ -23,7 +23,7 @@ from trtcheck.backends import (
     make_runner,
     tensorrt_version,
 )
-from trtcheck.compare import OutputDiff, ToleranceRequest, Tolerances, compare_runs
+from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.errors import BackendRunError, TrtcheckError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
@@ -32,6 +32,7 @@ from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, trtcheck_command
 from trtcheck.suite import Case, SuiteError, TargetSpec
+from trtcheck.tolerance import ToleranceRequest, Tolerances
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from trtcheck.atomic import write_atomically
-from trtcheck.compare import OutputDiff, Tolerance, Tolerances, compare_runs
+from trtcheck.compare import OutputDiff, compare_runs
+from trtcheck.tolerance import Tolerance, Tolerances
 
 GOLDEN_RUNNER = "golden"
 

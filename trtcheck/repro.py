@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from trtcheck.backends import Backend, BackendOptions, converted_model_path, polygraphy_flags
-from trtcheck.compare import Tolerances
 from trtcheck.inputs import Feeds, InputSettings
 from trtcheck.precision import PrecisionPlan
+from trtcheck.tolerance import Tolerances
 
 
 def _shape(shape: Iterable[int]) -> str:

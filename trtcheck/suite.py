@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from trtcheck.backends import BACKENDS
-from trtcheck.compare import ERROR_STATS, ToleranceRequest
 from trtcheck.errors import TrtcheckError
 from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange
+from trtcheck.tolerance import ERROR_STATS, ToleranceRequest
 
 if sys.version_info >= (3, 11):
     import tomllib
