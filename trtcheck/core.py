@@ -211,7 +211,14 @@ def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
     from trtcheck.fix import apply_passes, save_model
 
     pipeline = apply_passes(model, names, feeds)
-    folder = options.work_dir or Path(tempfile.mkdtemp(prefix="trtcheck-fixed-"))
+    folder = options.work_dir
+    if folder is None:
+        import atexit
+        import shutil
+
+        # Needed until the target has run; nobody else reads it.
+        folder = Path(tempfile.mkdtemp(prefix="trtcheck-fixed-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     path = folder / f"{model.path.stem}.fixed.onnx"
     save_model(pipeline.model, path)
     return load_model(path), pipeline

@@ -310,13 +310,15 @@ def _local_check(model: onnx.ModelProto, node: onnx.NodeProto, values: dict[str,
     if any(attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
            for attr in node.attribute):
         return None, None  # bodies refer to outer-scope tensors; not isolable
+    if repro_dir is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="trtcheck-culprit-") as scratch:
+            return _local_check(model, node, values, reference, target, options, tensor, tau,
+                                Path(scratch))
     alone = _extract_node(model, node, values)
     feed = {i.name: values[i.name] for i in alone.graph.input}
     folder = repro_dir
-    if folder is None:
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="trtcheck-culprit-"))
     path = folder / "culprit.onnx"
     write_atomically(path, lambda partial: onnx.save(alone, partial))
     _save_npz(folder / "inputs.npz", feed)
