@@ -10,7 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import read_json
-from trtcheck.report.html_report import fmt
+from trtcheck.report.numbers import fmt
 from zoo.build import two_heads
 
 

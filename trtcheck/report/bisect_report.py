@@ -12,15 +12,10 @@ from rich.text import Text
 
 from trtcheck.audit import RangeFinding
 from trtcheck.localize import Localization, TracePoint
+from trtcheck.report.numbers import fmt
 
 # The trace is shown around the culprit and toward the output; the JSON has all of it.
 _SHOWN_BEFORE, _SHOWN_AFTER = 3, 8
-
-
-def _fmt(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return "inf" if math.isinf(value) else f"{value:.3g}"
 
 
 def _shown(trace: list[TracePoint], culprit: int) -> list[TracePoint | None]:
@@ -51,7 +46,7 @@ class BisectView:
         local = {True: "local", False: "inherited", None: "could not be run alone"}[r.local]
         parts.append(Text(f"culprit: {r.culprit_node or '(unnamed)'} ({r.culprit_op}) -> "
                           f"{r.culprit_tensor}  [{local}; alone on the target: error "
-                          f"{_fmt(r.local_error)} vs tolerance {r.tolerance_rel:.3g}]",
+                          f"{fmt(r.local_error)} vs tolerance {r.tolerance_rel:.3g}]",
                           style="red bold"))
         parts += [Text(f"  why: {line}") for line in r.explanation]
         parts.append(Text(f"  {r.note}", style="dim"))
@@ -67,7 +62,7 @@ class BisectView:
             verdict = Text("DIVERGED", style="red") if point.diverged else Text("ok", "green")
             marker = " <- culprit" if point.index == r.culprit_index else ""
             table.add_row(str(point.index), point.node + marker, point.op, point.tensor,
-                          _fmt(point.error), _fmt(point.max_abs_reference), verdict)
+                          fmt(point.error), fmt(point.max_abs_reference), verdict)
         parts.append(table)
         fix = r.precision_fix
         if fix is not None:

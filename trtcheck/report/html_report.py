@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from typing import Any
 
 from trtcheck.report import plots
+from trtcheck.report.numbers import fmt
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
@@ -28,23 +28,6 @@ pre{background:#f6f8fa;padding:8px;font-size:12px;white-space:pre-wrap;word-brea
 .box{border-left:4px solid #c62828;padding:4px 12px;background:#fff5f5;margin:8px 0}
 .ok{border-left-color:#1a7f37;background:#f3fbf5}
 """
-
-
-def fmt(value: Any) -> str:
-    """How every number appears in the report (3 significant digits; inf/nan/None spelled)."""
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.3g}"
 
 
 def _e(text: Any) -> str:

@@ -10,16 +10,11 @@ from rich.text import Text
 
 from trtcheck.compare import ErrorHistogram, OutputDiff
 from trtcheck.core import ComparisonResult
+from trtcheck.report.numbers import fmt
 
 
 def _fmt(value: float | None) -> str:
-    if value is None:
-        return "none"
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.3g}"
+    return fmt(value, missing="none")
 
 
 def _index(diff: OutputDiff) -> str:
