@@ -27,3 +27,14 @@ def write_atomically(path: Path, write: Callable[[str], object]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
         raise
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """Writes `arrays` (name -> ndarray) as a compressed .npz, atomically."""
+    import numpy as np
+
+    # The temporary name keeps the .npz suffix, so numpy does not append another.
+    def save(partial: str) -> None:
+        np.savez_compressed(partial, **arrays)
+
+    write_atomically(path, save)

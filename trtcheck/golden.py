@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from trtcheck.atomic import write_atomically
+from trtcheck.atomic import write_atomically, write_npz
 from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.tolerance import Tolerance, Tolerances
 
@@ -68,15 +68,9 @@ def _layout_mismatch(golden: dict[str, np.ndarray], obtained: dict[str, np.ndarr
     return None
 
 
-def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    # numpy's stubs type **kwds as its own keyword arguments; here every key is an output name.
-    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
-
-
 def write(paths: GoldenPaths, outputs: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
     """Writes both golden files atomically (arrays first, so metadata never points at nothing)."""
-    # The temporary name keeps the .npz suffix, so numpy does not append another.
-    write_atomically(paths.arrays, lambda partial: _save_npz(partial, outputs))
+    write_npz(paths.arrays, outputs)
     text = json.dumps(metadata, indent=2, sort_keys=True) + "\n"
     write_atomically(paths.metadata, lambda partial: Path(partial).write_text(text))
 
@@ -118,7 +112,7 @@ def check(paths: GoldenPaths, obtained: dict[str, np.ndarray], metadata: dict[st
     if artifacts is not None:
         obtained_path = artifacts / paths.arrays.parent.name / (
             paths.arrays.stem + ".obtained.npz")
-        write_atomically(obtained_path, lambda partial: _save_npz(partial, obtained))
+        write_npz(obtained_path, obtained)
         obtained_note = f"; obtained outputs in {obtained_path}"
     return GoldenCheck("fail", f"{problem}{obtained_note}; if the change is intended, update "
                        f"with: {update_command}", result_diffs)

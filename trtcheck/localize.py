@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from trtcheck.atomic import write_atomically
+from trtcheck.atomic import write_atomically, write_npz
 from trtcheck.audit import LIMITS, RangeFinding, audit_activations
 from trtcheck.backends import Backend, BackendOptions, get_backend, make_runner
 from trtcheck.bisect import exact_origin, search_origin
@@ -199,10 +199,6 @@ def _extract_node(model: onnx.ModelProto, node: onnx.NodeProto,
     return extracted
 
 
-def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    write_atomically(path, lambda partial: np.savez(partial, **arrays))  # type: ignore[arg-type]
-
-
 def run_all_tensors(model: LoadedModel, backend: Backend, options: BackendOptions,
                     feed: dict[str, np.ndarray]) -> Activations:
     """One run of `backend` with every tensor of the model marked as an output."""
@@ -321,8 +317,8 @@ def _local_check(model: onnx.ModelProto, node: onnx.NodeProto, values: dict[str,
     folder = repro_dir
     path = folder / "culprit.onnx"
     write_atomically(path, lambda partial: onnx.save(alone, partial))
-    _save_npz(folder / "inputs.npz", feed)
-    _save_npz(folder / "reference_outputs.npz",
+    write_npz(folder / "inputs.npz", feed)
+    write_npz(folder / "reference_outputs.npz",
               {o.name: values[o.name] for o in alone.graph.output})
     from polygraphy.json import save_json
 
