@@ -15,7 +15,8 @@ Models, each with one planted fp16 overflow (a Mul by 1e5 whose fp32 effect the 
 
 Tools and recipes:
 
-- trtcheck exact / search: `trtcheck.localize.localize(..., mode=...)` in this process, after one
+- trtcheck exact / search: `trtcheck.debug.localize.localize(..., mode=...)` in this process,
+  after one
   untimed warm-up (imports), reference onnxrt, target onnxrt-fp16, atol = rtol = 1e-2, inputs
   from numpy's default_rng(0) in the ranges above. "exact" marks every tensor in one run (valid on
   ONNX Runtime), "search" marks few tensors per run (what a TensorRT bisection costs).
@@ -229,17 +230,20 @@ def temp_dirs_in(folder: Path) -> Iterator[None]:
 
 def trtcheck_localize(path: Path, feed: dict[str, np.ndarray], mode: str):
     from trtcheck.backends import BackendOptions, get_backend
-    from trtcheck.core import quiet_polygraphy
-    from trtcheck.localize import localize
+    from trtcheck.debug.localize import localize, make_probe
     from trtcheck.model import load_model
+    from trtcheck.run import quiet_polygraphy, run_marked
+    from trtcheck.tolerance import Tolerance
 
     model = load_model(path)
     output = model.output_names[0]
     reference, target = get_backend("onnxrt"), get_backend("onnxrt-fp16")
     with quiet_polygraphy():
         started = time.perf_counter()
-        result = localize(model, reference, target, BackendOptions(), feed, output, ATOL, RTOL,
-                          repro_dir=None, fix_precision=False, mode=mode)
+        expected = run_marked(model, reference, BackendOptions(), feed, [], "reference")[output]
+        probe = make_probe(model, reference, target, BackendOptions(), feed, output,
+                           Tolerance(ATOL, RTOL), expected)
+        result = localize(probe, repro_dir=None, fix_precision=False, mode=mode)
         elapsed = time.perf_counter() - started
     return result, elapsed
 
@@ -520,7 +524,8 @@ def render_markdown(results: list[tuple[Case, list[Row]]], args: argparse.Namesp
         "- **Inputs**: trtcheck gets `numpy.random.default_rng(0).uniform` in [0,1] (chains) "
         "or [-1,1] (transformer); the polygraphy recipes generate their own with `--seed 1` "
         "and the same `--val-range`.",
-        "- **trtcheck exact / search**: `trtcheck.localize.localize(..., fix_precision=False, "
+        "- **trtcheck exact / search**: `trtcheck.debug.localize.localize(..., "
+        "fix_precision=False, "
         "mode=\"exact\" | \"search\")`, reference `onnxrt`, target `onnxrt-fp16`, run in the "
         "bench's own process after one untimed warm-up (so imports are not timed); wall time is "
         "`time.perf_counter()` around the call, which includes emulating the model, the "

@@ -38,3 +38,19 @@ def write_npz(path: Path, arrays: dict) -> None:
         np.savez_compressed(partial, **arrays)
 
     write_atomically(path, save)
+
+
+# Protobuf cannot serialise more than 2 GB; larger models keep their weights beside them.
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_onnx(model, path: Path) -> None:
+    """Writes an ONNX model atomically, its weights in `NAME.data` beside it if over 2 GB."""
+    import onnx
+
+    path = Path(path)
+    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
+        write_atomically(path, lambda partial: onnx.save(
+            model, partial, save_as_external_data=True, location=f"{path.name}.data"))
+    else:
+        write_atomically(path, lambda partial: onnx.save(model, partial))

@@ -138,9 +138,9 @@ def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     if backend.emulated or mark:
         runnable = emulate(model.proto, plan) if backend.emulated else model.proto
         if mark:
-            from polygraphy.backend.onnx import ModifyOutputs
+            from trtcheck.run import mark_outputs
 
-            runnable = ModifyOutputs(runnable, outputs=list(mark))()
+            runnable = mark_outputs(runnable, mark)
         source = runnable.SerializeToString()
     elif model.has_external_data():
         source = str(model.path)

@@ -85,6 +85,21 @@ def _ranges(items: list[str] | None) -> tuple[dict[str, ValueRange], ValueRange 
     return named, every_float
 
 
+def _memory_size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    stripped = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = stripped[-1:] if stripped[-1:] in units and stripped[-1:] else ""
+    number = stripped[:-1] if unit else stripped
+    try:
+        value = float(number) * units[unit]
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 16 * (1 << 20):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a memory size of at least 16M; write it like 512M or 2G")
+    return int(value)
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -190,8 +205,14 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     debug.add_argument("--no-precision-fix", action="store_true",
                        help="bisect without searching for nodes to keep in fp32")
     debug.add_argument("--bisect-mode", choices=("auto", "exact", "search"), default="auto",
-                       help="exact: every tensor marked in one run (ONNX Runtime targets); "
-                            "search: few tensors per run, as on TensorRT (default auto)")
+                       help="exact: every tensor judged, in memory-bounded batches (ONNX Runtime "
+                            "targets); search: few tensors per run, as on TensorRT (default auto)")
+    debug.add_argument("--output", dest="bisect_output", metavar="NAME", default=None,
+                       help="the failing output to follow (default: the first failing float "
+                            "output)")
+    debug.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
+                       help="memory for the activations a bisection holds at once, e.g. 512M or "
+                            "2G (default: a quarter of the available memory, at most 2G)")
     parser.add_argument("--verbose", action="store_true",
                         help="show Polygraphy's log and tracebacks")
 
@@ -219,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="reduced type(s) to audit for (default both)")
     _add_input_arguments(audit)
     audit.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    audit.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
+                       help="memory for the activations held at once, e.g. 512M or 2G")
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
     fix = commands.add_parser(
         "fix", help="fold constants and fix what TensorRT cannot take, proving each pass "
@@ -292,6 +315,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     console = _console()
     localization = None
+    bisect_error: TrtcheckError | None = None
     try:
         request = request_from_args(args)
         with display(console):
@@ -302,17 +326,28 @@ def run_compare(args: argparse.Namespace) -> int:
         console.print("Same check with TensorRT, on a GPU machine:", style="dim")
         # soft_wrap keeps the command on one line so it can be copied as it is.
         console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
-        if (args.bisect or args.command == "bisect") and result.verdict == "fail":
-            localization = _bisect(args, result, console)
     except TrtcheckError as err:
         _write_reports(args, error_to_dict(str(err), str(args.model), library_versions()))
         raise
+    if (args.bisect or args.command == "bisect") and result.verdict == "fail":
+        try:
+            localization = _bisect(args, result, console)
+        except TrtcheckError as err:
+            if args.verbose:
+                raise
+            # The comparison stands: its verdict and tables are kept, with the bisect error.
+            bisect_error = err
+            print(f"trtcheck: bisect: {err}", file=sys.stderr)
     document = result_to_dict(result)
     if localization is not None:
         from trtcheck.report.bisect_report import localization_to_dict
 
         document["bisect"] = localization_to_dict(localization)
+    if bisect_error is not None:
+        document["bisect_error"] = str(bisect_error)
     _write_reports(args, document)
+    if bisect_error is not None and args.command == "bisect":
+        return bisect_error.exit_code
     return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
 
 
@@ -331,34 +366,37 @@ def _write_reports(args: argparse.Namespace, document: dict[str, Any]) -> None:
 
 
 def _bisect(args: argparse.Namespace, result, console):
-    from trtcheck.core import quiet_polygraphy
-    from trtcheck.localize import localize_comparison
+    from trtcheck.debug import localize_comparison
     from trtcheck.report.bisect_report import BisectView
+    from trtcheck.run import quiet_polygraphy
 
     repro = args.repro or Path("trtcheck-repro") / f"{args.model.stem}-{result.target.name}"
     repro.mkdir(parents=True, exist_ok=True)
     with quiet_polygraphy(args.verbose), display(console):
         localization = localize_comparison(result, repro_dir=repro,
                                            fix_precision=not args.no_precision_fix,
-                                           mode=args.bisect_mode)
+                                           output=args.bisect_output, mode=args.bisect_mode,
+                                           max_memory=args.max_memory)
     console.print(BisectView(localization))
     return localization
 
 
 def run_audit(args: argparse.Namespace) -> int:
-    from trtcheck.audit import audit_model
+    from trtcheck.debug import audit_model
     from trtcheck.report.json_report import write_json
 
     findings = audit_model(args.model, input_settings_from_args(args),
-                           tuple(args.precision or ("fp16", "bf16")))
+                           tuple(args.precision or ("fp16", "bf16")), args.max_memory)
     console = _console()
     for finding in findings:
-        style = "red" if finding.kind == "overflow" else "yellow"
+        style = {"overflow": "red", "mask-fill": "dim"}.get(finding.kind, "yellow")
         console.print(f"{finding.precision} {finding.kind}: {finding.describe()} "
                       f"(node {finding.node})", style=style, soft_wrap=True)
     overflows = [f for f in findings if f.kind == "overflow"]
-    console.print(f"{len(overflows)} overflow(s), {len(findings) - len(overflows)} "
-                  "underflow(s)" if findings else "every tensor fits the audited types")
+    fills = [f for f in findings if f.kind == "mask-fill"]
+    console.print(f"{len(overflows)} overflow(s), {len(fills)} attention-mask fill(s) (harmless), "
+                  f"{len(findings) - len(overflows) - len(fills)} underflow(s)" if findings
+                  else "every tensor fits the audited types")
     if args.json is not None:
         from dataclasses import asdict
 

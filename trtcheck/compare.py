@@ -211,6 +211,50 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
     )
 
 
+def cosine_similarity(target: np.ndarray, reference: np.ndarray) -> float:
+    """Cosine similarity of the flattened arrays, as Polygraphy's compare function computes it."""
+    t64, r64 = target.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
+    with np.errstate(all="ignore"):
+        norms = float(np.linalg.norm(t64) * np.linalg.norm(r64))
+        return float(np.dot(t64, r64) / norms) if norms > 0 else math.nan
+
+
+def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) -> bool:
+    """Whether `target` fails `tol` against `reference`: the rules `compare_runs` applies.
+
+    The same statistic and thresholds as Polygraphy's SimpleCompareFunc (with infinities
+    comparing equal), a non-finite target value where the reference is finite always fails, and
+    the cosine / SNR minimums when set. Bisection judges every intermediate tensor with this.
+    """
+    if target.shape != reference.shape:
+        return True
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if np.issubdtype(target.dtype, np.floating) and (
+                ~np.isfinite(target) & np.isfinite(reference)).any():
+            return True
+        absdiff, reldiff = _abs_rel(target, reference)
+        if tol.check_error_stat == "elemwise":
+            simple_failed = bool(_failing_elements(absdiff, reldiff, tol).any())
+        else:
+            stat_abs, stat_rel = _stat(absdiff, tol), _stat(reldiff, tol)
+            simple_failed = (math.isnan(stat_abs) or stat_abs > tol.atol) and (
+                math.isnan(stat_rel) or stat_rel > tol.rtol)
+        if simple_failed:
+            return True
+        if tol.min_cosine is not None and not cosine_similarity(target, reference) >= \
+                tol.min_cosine:
+            return True
+        if tol.min_snr is not None:
+            noise = float(np.mean((target.astype(np.float64) - reference.astype(np.float64)) ** 2))
+            signal = float(np.mean(reference.astype(np.float64) ** 2))
+            snr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else (
+                math.inf if noise == 0 else -math.inf)
+            if not snr >= tol.min_snr:
+                return True
+    return False
+
+
 def _check_names(reference_outputs, target_outputs, reference_name: str, target_name: str):
     missing = [name for name in reference_outputs if name not in target_outputs]
     extra = [name for name in target_outputs if name not in reference_outputs]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,17 +17,16 @@ from trtcheck.backends import (
     ConvertedOnnxPath,
     converted_model_path,
     get_backend,
-    make_runner,
     tensorrt_version,
 )
 from trtcheck.compare import OutputDiff, compare_runs
-from trtcheck.errors import BackendRunError, TrtcheckError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, trtcheck_command
+from trtcheck.run import ReferenceCache, quiet_polygraphy, run_backend
 from trtcheck.suite import Case, SuiteError, TargetSpec
 from trtcheck.tolerance import ToleranceRequest, Tolerances
 
@@ -116,71 +112,6 @@ def library_versions() -> dict[str, str | None]:
     }
 
 
-@contextlib.contextmanager
-def quiet_polygraphy(verbose: bool = False) -> Iterator[None]:
-    """Keeps Polygraphy's own log off the terminal; trtcheck reports the results itself."""
-    from polygraphy.logger import G_LOGGER
-
-    previous = G_LOGGER.module_severity
-    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL
-    try:
-        yield
-    finally:
-        G_LOGGER.module_severity = previous
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _run_backend(model: LoadedModel, backend: Backend, options: BackendOptions, feeds: Feeds,
-                 name: str) -> tuple[str, list[Any]]:
-    """Runs one backend on every feed; returns its RunResults entry (name, iteration results)."""
-    from polygraphy.comparator import Comparator
-    from polygraphy.exception import PolygraphyException
-
-    try:
-        runner = make_runner(model, backend, options, name)
-    except TrtcheckError:
-        raise
-    except Exception as err:
-        raise BackendRunError(f"{backend.name}: could not build: {_first_line(err)}") from err
-    try:
-        results = Comparator.run([runner], data_loader=feeds.iterations)
-    except PolygraphyException as err:
-        raise BackendRunError(f"{backend.name}: failed to run: {_first_line(err)}") from err
-    except Exception as err:  # ONNX Runtime raises its own exception types from inference.
-        raise BackendRunError(f"{backend.name}: failed to run the model: {_first_line(err)}; "
-                              "--verbose shows the traceback") from err
-    ((runner_name, iterations),) = results.items()
-    return runner_name, iterations
-
-
-def _feeds_key(feeds: Feeds) -> str:
-    digest = hashlib.sha256()
-    for feed in feeds.iterations:
-        for name, array in sorted(feed.items()):
-            digest.update(name.encode())
-            digest.update(str(array.dtype).encode() + str(array.shape).encode())
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
-class ReferenceCache:
-    """Reference runs kept for reuse: every target of a suite case shares one reference run."""
-
-    def __init__(self) -> None:
-        self._runs: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
-
-    def get_or_run(self, model: LoadedModel, backend: Backend, options: BackendOptions,
-                   feeds: Feeds, name: str) -> tuple[str, list[Any]]:
-        key = (model.sha256, backend.name, ",".join(options.providers), _feeds_key(feeds), name)
-        if key not in self._runs:
-            self._runs[key] = _run_backend(model, backend, options, feeds, name)
-        return self._runs[key]
-
-
 def resolve_target(name: str | None) -> tuple[Backend, str | None]:
     from trtcheck.backends import default_target
 
@@ -255,7 +186,8 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
                                                       reference_name))
     building = "building the TensorRT engine and running" if target.family == "trt" else "running"
     with step(f"{building} the target ({target.name})"):
-        run_results.append(_run_backend(target_model, target, options, feeds, target_name))
+        run_results.append(run_backend(target_model, target, options, feeds.iterations,
+                                       target_name))
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
     outputs = compare_runs(run_results, reference_name, target_name, tolerances)

@@ -7,15 +7,12 @@ from pathlib import Path
 
 import onnx
 
-from trtcheck.atomic import write_atomically
+from trtcheck.atomic import save_onnx
 from trtcheck.errors import BackendRunError, ModelError
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.passes import PassContext
 from trtcheck.passes.pipeline import DEFAULT_RTOL, PipelineResult, run_pipeline, select_passes
-
-# Protobuf cannot serialise more than 2 GB; larger models keep their weights beside them.
-_EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 @dataclass
@@ -41,18 +38,14 @@ def apply_passes(model: LoadedModel, names: list[str] | None, feeds: Feeds,
 
 def save_model(model: onnx.ModelProto, path: Path) -> None:
     """Writes `model` to `path` through a temporary file, weights beside it if over 2 GB."""
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
-        write_atomically(path, lambda partial: onnx.save(
-            model, partial, save_as_external_data=True, location=f"{path.name}.data"))
-    else:
-        write_atomically(path, lambda partial: onnx.save(model, partial))
+    save_onnx(model, path)
 
 
 def fix_model(source: Path, output: Path | None, passes: list[str] | None = None,
               inputs: InputSettings | None = None, rtol: float = DEFAULT_RTOL,
               require_verification: bool = True, static_shapes: bool = False) -> FixResult:
     """Loads `source`, applies the passes with verification, writes `output` if given."""
-    from trtcheck.core import quiet_polygraphy
+    from trtcheck.run import quiet_polygraphy
 
     with quiet_polygraphy():
         return _fix_model(source, output, passes, inputs, rtol, require_verification,

@@ -225,9 +225,9 @@ class CaseItem(pytest.Item):
             raise CaseFailure(self._failure_text(outcome, localization))
 
     def _bisect(self, outcome: Any) -> Any:
-        from trtcheck.core import quiet_polygraphy
+        from trtcheck.debug import localize_comparison
         from trtcheck.errors import TrtcheckError
-        from trtcheck.localize import localize_comparison
+        from trtcheck.run import quiet_polygraphy
 
         if outcome.comparison.verdict == "pass":
             return None

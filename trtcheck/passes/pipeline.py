@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from trtcheck.errors import UsageError
+from trtcheck.errors import BackendRunError, UsageError
 from trtcheck.passes import PASSES, PassContext
 from trtcheck.passes.base import PassNotApplicable
+from trtcheck.run import run_onnx
 
 DEFAULT_RTOL = 1e-6
 
@@ -96,16 +97,6 @@ def _quiet_graphsurgeon() -> Iterator[None]:
         G_LOGGER.severity = previous
 
 
-def run_onnxrt(model: onnx.ModelProto, feeds: Outputs) -> Outputs:
-    import onnxruntime
-
-    onnxruntime.set_default_logger_severity(3)
-    session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
-
-
 def _same_value(a: object, b: object) -> bool:
     """Exact equality for outputs that are not numeric tensors: sequences, optionals, strings."""
     if isinstance(a, list) and isinstance(b, list):
@@ -162,9 +153,9 @@ def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
                  feeds: Outputs, rtol: float = DEFAULT_RTOL) -> PipelineResult:
     """Applies the named passes in pipeline order, verifying each with ONNX Runtime."""
     try:
-        baseline: Outputs | None = run_onnxrt(model, feeds)
+        baseline: Outputs | None = run_onnx(model, feeds)
         reason = None
-    except Exception as err:  # ONNX Runtime's own exception types
+    except BackendRunError as err:
         baseline, reason = None, f"ONNX Runtime cannot run the original model: {err}"
     current, current_outputs = model, baseline
     outcomes = []
@@ -189,10 +180,10 @@ def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
                 outcome.status = "unchanged"
             elif current_outputs is not None:
                 try:
-                    candidate_outputs = run_onnxrt(candidate, feeds)
-                except Exception as err:
+                    candidate_outputs = run_onnx(candidate, feeds)
+                except BackendRunError as err:
                     outcome.status, outcome.message = "rolled-back", (
-                        f"ONNX Runtime cannot run the result: {str(err).splitlines()[0]}")
+                        f"ONNX Runtime cannot run the result: {err}")
                     candidate_outputs = None
                 if candidate_outputs is not None:
                     outcome.max_change = relative_change(current_outputs, candidate_outputs)

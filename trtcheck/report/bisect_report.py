@@ -10,8 +10,8 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from trtcheck.audit import RangeFinding
-from trtcheck.localize import Localization, TracePoint
+from trtcheck.debug.audit import RangeFinding
+from trtcheck.debug.localize import Localization, TracePoint
 from trtcheck.report.numbers import fmt
 
 # The trace is shown around the culprit and toward the output; the JSON has all of it.
@@ -39,36 +39,41 @@ class BisectView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         r = self.result
-        how = ("every tensor marked in one run" if r.mode == "exact" else
+        how = (f"every tensor judged, in {r.batches} batch(es)" if r.mode == "exact" else
                "a few tensors marked per run")
         parts: list[Any] = [Text(f"bisect {r.output}: {r.target_runs} target run(s), {how}, "
                                  f"{r.probe_points} tensors", style="bold")]
         local = {True: "local", False: "inherited", None: "could not be run alone"}[r.local]
         parts.append(Text(f"culprit: {r.culprit_node or '(unnamed)'} ({r.culprit_op}) -> "
                           f"{r.culprit_tensor}  [{local}; alone on the target: error "
-                          f"{fmt(r.local_error)} vs tolerance {r.tolerance_rel:.3g}]",
+                          f"{fmt(r.local_error)} relative]",
                           style="red bold"))
         parts += [Text(f"  why: {line}") for line in r.explanation]
+        parts.append(Text(f"  criterion: {r.criterion}", style="dim"))
         parts.append(Text(f"  {r.note}", style="dim"))
         table = Table(show_edge=False, header_style="bold",
-                      title=f"error along the path (relative to each tensor's largest |value|; "
-                            f"diverged above {r.tolerance_rel:.3g})", title_justify="left")
-        for column in ("#", "node", "op", "tensor", "rel error", "max |ref|", "verdict"):
+                      title="error along the path (each tensor held to the output's tolerance, "
+                            "atol scaled to its magnitude)", title_justify="left")
+        for column in ("#", "node", "op", "tensor", "max abs err", "atol", "max |ref|",
+                       "verdict"):
             table.add_column(column)
         for point in _shown(r.trace, r.culprit_index):
             if point is None:
-                table.add_row("...", "", "", "", "", "", "")
+                table.add_row("...", "", "", "", "", "", "", "")
                 continue
             verdict = Text("DIVERGED", style="red") if point.diverged else Text("ok", "green")
             marker = " <- culprit" if point.index == r.culprit_index else ""
             table.add_row(str(point.index), point.node + marker, point.op, point.tensor,
-                          fmt(point.error), fmt(point.max_abs_reference), verdict)
+                          fmt(point.max_abs_error), fmt(point.tolerance),
+                          fmt(point.max_abs_reference), verdict)
         parts.append(table)
         fix = r.precision_fix
         if fix is not None:
             state = f"verified in {fix.rounds} round(s)" if fix.verified else "NOT verified"
             parts.append(Text(f"precision fix: keep {', '.join(fix.keep_fp32)} in fp32 "
                               f"({state})", style="green" if fix.verified else "yellow"))
+            if fix.remaining:
+                parts.append(Text(f"  {fix.remaining}", style="yellow"))
             parts.append(Text(f"  emulated: --keep-fp32 {' '.join(fix.keep_fp32)}"))
             parts.append(Text(f"  TensorRT 10: {fix.trt10_flags}"))
             if fix.trt11_model:
@@ -97,11 +102,12 @@ def localization_to_dict(r: Localization) -> dict[str, Any]:
         "target_runs": r.target_runs,
         "runs": r.runs,
         "probe_points": r.probe_points,
-        "tolerance_rel": r.tolerance_rel,
+        "criterion": r.criterion,
+        "batches": r.batches,
         "boundary_verified": r.boundary_verified,
         "note": r.note,
         "explanation": r.explanation,
-        "trace": [{**asdict(p), "error": number(p.error),
+        "trace": [{**asdict(p), "error": number(p.error), "tolerance": number(p.tolerance),
                    "max_abs_error": number(p.max_abs_error)} for p in r.trace],
         "audit": [_finding(f) for f in r.audit],
         "precision_fix": None if r.precision_fix is None else asdict(r.precision_fix),

@@ -89,24 +89,23 @@ def _bisect(bisect: dict[str, Any]) -> str:
         "<h3>Bisection</h3>",
         f'<div class="box"><b>culprit: {_e(culprit["node"] or "(unnamed)")}</b> '
         f'({_e(culprit["op"])}) &rarr; <code>{_e(culprit["tensor"])}</code>: {_e(local)}; '
-        f'alone on the target: error {fmt(culprit["local_error"])} against tolerance '
-        f'{fmt(bisect["tolerance_rel"])}<ul>{why}</ul>'
+        f'alone on the target: relative error {fmt(culprit["local_error"])}<ul>{why}</ul>'
+        f'<div class="muted">criterion: {_e(bisect["criterion"])}</div>'
         f'<div class="muted">{bisect["target_runs"]} target run(s), mode {_e(bisect["mode"])}; '
         f'{_e(bisect["note"])}</div></div>',
     ]
     if bisect["trace"]:
         parts.append('<div class="plots">' + plots.bisect_trace(
-            bisect["trace"], culprit["index"], float(bisect["tolerance_rel"]),
-            bisect["output"]) + "</div>")
-        rows = [[str(p["index"]), _e(p["node"]), _e(p["op"]), _e(p["tensor"]), fmt(p["error"]),
-                 fmt(p["max_abs_reference"]),
+            bisect["trace"], culprit["index"], bisect["output"]) + "</div>")
+        rows = [[str(p["index"]), _e(p["node"]), _e(p["op"]), _e(p["tensor"]),
+                 fmt(p["max_abs_error"]), fmt(p["tolerance"]), fmt(p["max_abs_reference"]),
                  '<span class="fail">diverged</span>' if p["diverged"] else "ok"]
                 for p in bisect["trace"][-40:]]
-        parts.append(_table(["#", "node", "op", "tensor", "relative error", "max |reference|",
-                             "verdict"], rows, left=4))
+        parts.append(_table(["#", "node", "op", "tensor", "max abs error", "atol",
+                             "max |reference|", "verdict"], rows, left=4))
     fix = bisect.get("precision_fix")
     if fix:
-        state = "verified" if fix["verified"] else "not verified"
+        state = "verified" if fix["verified"] else f'not verified: {fix.get("remaining")}'
         parts.append(f'<div class="box ok"><b>precision fix ({state}):</b> keep '
                      f'{_e(", ".join(fix["keep_fp32"]))} in fp32<pre>--keep-fp32 '
                      f'{_e(" ".join(fix["keep_fp32"]))}\nTensorRT 10: {_e(fix["trt10_flags"])}'
@@ -141,6 +140,8 @@ def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str
         golden_line, _outputs(document), f"<ul>{notes}</ul>" if notes else "",
         _plots(document),
         _bisect(document["bisect"]) if document.get("bisect") else "",
+        (f'<div class="box fail">bisect failed: {_e(document["bisect_error"])}; the verdict '
+         'above stands</div>') if document.get("bisect_error") else "",
         "<h3>Inputs</h3>", inputs,
         "<h3>Reproduce</h3><pre>",
         _e("\n".join(c for c in (extra.get("pytest_command"), document["trtcheck_command"],

@@ -92,11 +92,16 @@ def error_vs_reference(sample: dict[str, Any], name: str, atol: float, rtol: flo
     return _svg(plt, figure)
 
 
-def bisect_trace(trace: list[dict[str, Any]], culprit_index: int, tolerance: float,
-                 output: str) -> str:
-    """Relative error of each tensor on the path, against its topological index."""
+def bisect_trace(trace: list[dict[str, Any]], culprit_index: int, output: str) -> str:
+    """Each tensor's max abs error over the atol carried onto it, against its topological index."""
     plt, figure, axes = _figure()
-    points = [(p["index"], _number(p["error"])) for p in trace]
+    tolerance = 1.0
+
+    def ratio(point: dict[str, Any]) -> float:
+        error, atol = _number(point["max_abs_error"]), _number(point["tolerance"])
+        return error / atol if atol > 0 else (math.inf if error > 0 else 0.0)
+
+    points = [(p["index"], ratio(p)) for p in trace]
     finite = [e for _, e in points if math.isfinite(e) and e > 0]
     # Infinite errors are drawn on a line above everything else, in red.
     top = max([*finite, tolerance]) * 10
@@ -108,11 +113,11 @@ def bisect_trace(trace: list[dict[str, Any]], culprit_index: int, tolerance: flo
     if infinite:
         axes.scatter(*zip(*infinite, strict=True), color="#d44", marker="^", s=24, zorder=3,
                      label="inf/nan")
-    axes.axhline(tolerance, color="#d80", linewidth=1, label=f"tolerance {tolerance:.3g}")
+    axes.axhline(tolerance, color="#d80", linewidth=1, label="carried atol")
     axes.axvline(culprit_index, color="#d44", linewidth=1, linestyle="--", label="culprit")
     axes.set_yscale("log")
     axes.set_xlabel("tensor (topological index)", fontsize=8)
-    axes.set_ylabel("relative error", fontsize=8)
+    axes.set_ylabel("max abs error / atol", fontsize=8)
     axes.set_title(f"bisection of {output}: error along the path", fontsize=9)
     axes.legend(fontsize=7)
     return _svg(plt, figure)

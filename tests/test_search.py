@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trtcheck.bisect import SWEEP, ancestors, exact_origin, find_transition, search_origin
+from trtcheck.debug.search import SWEEP, ancestors, exact_origin, find_transition, search_origin
 
 
 def chain(n: int):

@@ -1,0 +1,339 @@
+"""Probe runs: the reference and the target with intermediate tensors marked, judged, then dropped.
+
+A bisection needs a verdict per tensor, not the tensors: each run marks a batch of tensors, the
+batch is judged (and audited) as soon as both runs return, and the arrays are released before
+the next batch. Batches are sized from each tensor's byte size (shape inference on the fed
+shapes; the largest size seen so far where inference cannot tell) so that the arrays held at
+once stay within a memory budget, whatever the model's size.
+
+Only tensors a run can return are marked: not graph inputs, weights or `Constant` outputs, which
+are exact on every backend (see `run.markable_tensors`).
+
+The criterion: every tensor is held to the failing output's tolerance (`compare.tensor_verdict`:
+the same statistic, rtol, cosine and SNR minimums), with atol scaled by the tensor's magnitude,
+`atol_t = atol * max|reference_t| / max|reference_output|`: an error as large, relative to the
+values it rides on, as the output is allowed. On the failing output itself this is exactly
+compare's check.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from trtcheck.compare import tensor_verdict
+from trtcheck.debug.audit import (
+    RangeFinding,
+    audit_tensor,
+    masked_softmax_harmless,
+    softmax_inputs,
+)
+from trtcheck.run import Activations, Feed, markable_tensors, run_marked
+from trtcheck.tolerance import Tolerance
+
+if TYPE_CHECKING:
+    from trtcheck.backends import Backend, BackendOptions
+    from trtcheck.model import LoadedModel
+
+# Arrays held at once during a batch: the reference's, the target's, and ONNX Runtime's own
+# buffers while it returns them, about three times the batch's bytes.
+_COPIES_PER_BATCH = 3
+_MIB = 1 << 20
+
+
+def default_max_memory() -> int:
+    """A quarter of the memory available now, between 256 MiB and 2 GiB."""
+    available = 0
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if not available:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return int(min(max(available // 4, 256 * _MIB), 2048 * _MIB))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One bisection of one output of one model on one target: what every run needs."""
+
+    model: LoadedModel
+    reference: Backend
+    target: Backend
+    options: BackendOptions
+    feed: Feed
+    output: str
+    tolerance: Tolerance
+    # max |reference| of the failing output (finite values), the scale atol is carried from.
+    output_scale: float
+    max_memory: int
+    # The `trtcheck compare` command of the failing comparison, for the repro folder.
+    command: str = ""
+
+    def with_options(self, options: BackendOptions) -> Probe:
+        return replace(self, options=options)
+
+    def tolerance_for(self, reference_scale: float) -> Tolerance:
+        """The output's tolerance carried onto a tensor whose largest |value| is given."""
+        if self.output_scale > 0:
+            atol = self.tolerance.atol * reference_scale / self.output_scale
+        else:
+            atol = self.tolerance.atol
+        return replace(self.tolerance, atol=atol)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One tensor's verdict and the numbers behind it."""
+
+    failed: bool
+    max_abs_error: float
+    # max |reference| over finite values.
+    scale: float
+    atol: float
+
+    @property
+    def error(self) -> float:
+        """Max |target - reference| relative to max |reference| (inf when non-finite)."""
+        return self.max_abs_error / self.scale if self.scale > 0 else self.max_abs_error
+
+
+def measure(target: np.ndarray, reference: np.ndarray, probe: Probe) -> Measure:
+    scale = _scale(reference)
+    tolerance = probe.tolerance_for(scale)
+    failed = tensor_verdict(target, reference, tolerance)
+    if target.shape != reference.shape:
+        return Measure(True, math.inf, scale, tolerance.atol)
+    ref64, tgt64 = reference.astype(np.float64), target.astype(np.float64)
+    finite = np.isfinite(ref64)
+    if (finite & ~np.isfinite(tgt64)).any():
+        return Measure(failed, math.inf, scale, tolerance.atol)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(tgt64[finite] - ref64[finite])
+    return Measure(failed, float(diff.max()) if diff.size else 0.0, scale, tolerance.atol)
+
+
+def _scale(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)] if np.issubdtype(values.dtype, np.floating) else values
+    return float(np.abs(finite.astype(np.float64)).max()) if finite.size else 0.0
+
+
+@dataclass
+class TensorGraph:
+    """The model's float tensors in topological order, as integers for `debug.search`."""
+
+    names: list[str]
+    producers: dict[str, onnx.NodeProto]
+    index: dict[str, int] = field(default_factory=dict)
+    feeds_of: dict[int, list[int]] = field(default_factory=dict)
+    # Estimated bytes per tensor, None where shape inference could not tell.
+    sizes: dict[str, int | None] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, model: onnx.ModelProto, feed: Feed) -> TensorGraph:
+        types = _inferred_types(model, feed)
+        markable = set(markable_tensors(model))
+        producers: dict[str, onnx.NodeProto] = {}
+        names: list[str] = []
+        for node in model.graph.node:  # ONNX requires topological order
+            for output in node.output:
+                if not output:
+                    continue
+                producers[output] = node
+                dtype = types.get(output, (None, None))[0]
+                if output in markable and (dtype is None or np.issubdtype(dtype, np.floating)):
+                    names.append(output)
+        graph = cls(names, producers)
+        graph.sizes = {name: types.get(name, (None, None))[1] for name in names}
+        graph.reindex()
+        return graph
+
+    def reindex(self) -> None:
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self.feeds_of = {i: sorted({self.index[t] for t in self._upstream(name)})
+                         for i, name in enumerate(self.names)}
+
+    def drop(self, names: Iterable[str]) -> None:
+        """Forgets tensors that turned out not to be float (their type was unknown)."""
+        gone = set(names)
+        if gone:
+            self.names = [n for n in self.names if n not in gone]
+            self.reindex()
+
+    def _upstream(self, name: str) -> set[str]:
+        """Probe-able tensors feeding `name`'s producer, looking through the others."""
+        found: set[str] = set()
+        stack = [t for t in self.producers[name].input if t]
+        seen: set[str] = set()
+        while stack:
+            tensor = stack.pop()
+            if tensor in seen:
+                continue
+            seen.add(tensor)
+            if tensor in self.index:
+                found.add(tensor)
+            elif tensor in self.producers:
+                stack.extend(t for t in self.producers[tensor].input if t)
+        return found
+
+    def inputs_of(self, i: int) -> list[int]:
+        return self.feeds_of[i]
+
+    def node_of(self, i: int) -> onnx.NodeProto:
+        return self.producers[self.names[i]]
+
+
+def _inferred_types(model: onnx.ModelProto, feed: Feed) -> dict[str, tuple[np.dtype | None,
+                                                                           int | None]]:
+    """Tensor -> (numpy dtype, bytes) from shape inference on the fed shapes, where it can tell."""
+    shaped = onnx.ModelProto()
+    shaped.CopyFrom(model)
+    # Large weights are not needed to infer shapes (small ones may be shapes: kept).
+    for initializer in shaped.graph.initializer:
+        if initializer.data_location == onnx.TensorProto.EXTERNAL or \
+                len(initializer.raw_data) > 4096:
+            initializer.ClearField("raw_data")
+            initializer.ClearField("external_data")
+            initializer.data_location = onnx.TensorProto.DEFAULT
+    known = {i.name for i in shaped.graph.initializer}
+    for graph_input in shaped.graph.input:
+        array = feed.get(graph_input.name)
+        if array is None or graph_input.name in known:
+            continue
+        dims = graph_input.type.tensor_type.shape.dim
+        for dim, size in zip(dims, array.shape, strict=False):
+            dim.Clear()
+            dim.dim_value = int(size)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(shaped, strict_mode=False)
+    except Exception:  # a model shape inference cannot handle: sizes stay unknown
+        return {}
+    result: dict[str, tuple[np.dtype | None, int | None]] = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor_type = info.type.tensor_type
+        if not info.type.HasField("tensor_type") or not tensor_type.elem_type:
+            continue
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type))
+        except (KeyError, TypeError, ValueError):
+            continue
+        nbytes: int | None = None
+        if tensor_type.HasField("shape") and all(d.HasField("dim_value")
+                                                 for d in tensor_type.shape.dim):
+            nbytes = int(np.prod([d.dim_value for d in tensor_type.shape.dim],
+                                 dtype=np.int64)) * dtype.itemsize
+        result[info.name] = (dtype, nbytes)
+    return result
+
+
+@dataclass
+class BatchedRun:
+    """What one pass over every tensor found: verdicts, measures, audit findings."""
+
+    measured: dict[str, Measure] = field(default_factory=dict)
+    findings: list[RangeFinding] = field(default_factory=list)
+    # (Softmax input, precision) pairs whose masked positions are harmless.
+    harmless_masks: set[tuple[str, str]] = field(default_factory=set)
+    batches: list[list[str]] = field(default_factory=list)
+    not_float: set[str] = field(default_factory=set)
+
+
+def batches_within(names: Sequence[str], sizes: dict[str, int | None], budget: int) -> \
+        list[list[str]]:
+    """Splits `names` (in order) into runs of tensors whose known bytes fit `budget`.
+
+    Unknown sizes count as the largest known size, which keeps a batch of them bounded too.
+    """
+    largest = max((s for s in sizes.values() if s), default=1 << 20)
+    batches: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for name in names:
+        size = sizes.get(name) or largest
+        if current and used + size > budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge: bool,
+                audit_precisions: tuple[str, ...] = (),
+                keep: Callable[[str], bool] = lambda name: False) -> tuple[BatchedRun,
+                                                                            Activations]:
+    """Runs the reference (and with `judge` the target) over `names` in memory-bounded batches.
+
+    Returns the measures and findings, plus the reference arrays for which `keep(name)` is true.
+    """
+    result = BatchedRun()
+    kept: Activations = {}
+    budget = max(probe.max_memory // _COPIES_PER_BATCH, 1)
+    producers = {name: graph.producers[name].name or graph.producers[name].op_type
+                 for name in names if name in graph.producers}
+    softmax = softmax_inputs(probe.model.proto)
+    for number, batch in enumerate(batches_within(names, graph.sizes, budget), start=1):
+        result.batches.append(batch)
+        reference = run_marked(probe.model, probe.reference, probe.options, probe.feed, batch,
+                               f"reference:batch{number}")
+        for name in batch:
+            values = reference.get(name)
+            if values is None or not np.issubdtype(values.dtype, np.floating):
+                result.not_float.add(name)
+                continue
+            result.findings += audit_tensor(name, values, producers.get(name, ""),
+                                            audit_precisions)
+            if name in softmax:
+                axis, opset = softmax[name]
+                result.harmless_masks.update(
+                    (name, precision) for precision in audit_precisions
+                    if masked_softmax_harmless(values, axis, opset, precision))
+            if keep(name):
+                kept[name] = values
+        if judge:
+            target = run_marked(probe.model, probe.target, probe.options, probe.feed, batch,
+                                f"target:batch{number}")
+            for name in batch:
+                if name in result.not_float or name not in target:
+                    continue
+                result.measured[name] = measure(target[name], reference[name], probe)
+            del target
+        del reference
+    return result, kept
+
+
+class SearchProber:
+    """Judges a few tensors per target run (search mode), with reference values cached."""
+
+    def __init__(self, probe: Probe, graph: TensorGraph) -> None:
+        self.probe = probe
+        self.graph = graph
+        self.measured: dict[str, Measure] = {}
+        self.runs: list[list[str]] = []
+
+    def __call__(self, tensors: Iterable[int]) -> dict[int, bool]:
+        names = [self.graph.names[i] for i in tensors]
+        self.runs.append(names)
+        number = len(self.runs)
+        # Marked tensors are few: the reference runs with the same marks, in the same order.
+        reference = run_marked(self.probe.model, self.probe.reference, self.probe.options,
+                               self.probe.feed, names, f"reference:probe{number}")
+        target = run_marked(self.probe.model, self.probe.target, self.probe.options,
+                            self.probe.feed, names, f"target:probe{number}")
+        verdicts = {}
+        for name in names:
+            self.measured[name] = measure(target[name], reference[name], self.probe)
+            verdicts[self.graph.index[name]] = self.measured[name].failed
+        return verdicts

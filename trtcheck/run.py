@@ -1,0 +1,156 @@
+"""The one place that runs a backend: comparisons, bisection probes and graph passes all come here.
+
+One error policy for every run:
+- a `TrtcheckError` (TensorRT missing, a bad plan) keeps its message and hint;
+- anything else (ONNX Runtime's and Polygraphy's own exception types) becomes one
+  `BackendRunError` line naming the backend and what failed; an exception with an empty message
+  is named by its type.
+
+Marking intermediate tensors as outputs goes through here too, on a copy of the model: Polygraphy's
+`ModifyOutputs` edits the model it is given, which once leaked marked outputs into a model used
+later (the TensorRT 11 conversion written by bisect kept 95 outputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trtcheck.errors import BackendRunError, TrtcheckError
+from trtcheck.progress import step
+
+if TYPE_CHECKING:
+    import onnx
+
+    from trtcheck.backends import Backend, BackendOptions
+    from trtcheck.inputs import Feeds
+    from trtcheck.model import LoadedModel
+
+Feed = dict[str, np.ndarray]
+Activations = dict[str, np.ndarray]
+
+
+@contextlib.contextmanager
+def quiet_polygraphy(verbose: bool = False) -> Iterator[None]:
+    """Keeps Polygraphy's own log off the terminal; trtcheck reports the results itself."""
+    from polygraphy.logger import G_LOGGER
+
+    previous = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.CRITICAL
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = previous
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _run_error(backend_name: str, what: str, err: BaseException,
+               hint: str = "; --verbose shows the traceback") -> TrtcheckError:
+    if isinstance(err, TrtcheckError):
+        return err
+    return BackendRunError(f"{backend_name}: {what}: {first_line(err)}{hint}")
+
+
+def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
+                iterations: Sequence[Feed], name: str,
+                mark: Sequence[str] = ()) -> tuple[str, list[Any]]:
+    """Runs `backend` on every feed; returns its RunResults entry (runner name, iterations).
+
+    `mark` names intermediate tensors to return besides the model's outputs.
+    """
+    from polygraphy.comparator import Comparator
+
+    from trtcheck.backends import make_runner
+
+    try:
+        runner = make_runner(model, backend, options, name, mark=mark)
+    except Exception as err:
+        raise _run_error(backend.name, "could not build", err) from err
+    try:
+        results = Comparator.run([runner], data_loader=list(iterations))
+    except Exception as err:
+        raise _run_error(backend.name, "failed to run the model", err) from err
+    ((runner_name, ran),) = results.items()
+    return runner_name, ran
+
+
+def run_marked(model: LoadedModel, backend: Backend, options: BackendOptions, feed: Feed,
+               mark: Sequence[str], name: str) -> Activations:
+    """One run of `backend` on one feed with `mark` returned too: name -> array."""
+    with step(f"{name}: {backend.name}, {len(mark)} tensor(s) marked"):
+        _, ran = run_backend(model, backend, options, [feed], name, mark)
+    return {key: np.asarray(value) for key, value in ran[0].items()}
+
+
+def run_onnx(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activations]:
+    """ONNX Runtime on CPU straight from a proto, for verifying graph passes (no Polygraphy).
+
+    Raises `BackendRunError`; callers that expect failures (a pass that broke the model) catch it.
+    """
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
+    try:
+        session = onnxruntime.InferenceSession(model.SerializeToString(),
+                                               providers=["CPUExecutionProvider"])
+        names = [output.name for output in session.get_outputs()]
+        return [dict(zip(names, session.run(names, feed), strict=True)) for feed in iterations]
+    except Exception as err:
+        raise _run_error("onnxrt", "failed to run the model", err, hint="") from err
+
+
+def markable_tensors(model: onnx.ModelProto) -> list[str]:
+    """Tensors a run can return, in topological order.
+
+    Outputs of `Constant` nodes are left out: ONNX Runtime folds them into initializers and never
+    returns them (Polygraphy refuses to mark them too); they are exact on every backend anyway.
+    """
+    from polygraphy.backend.onnx.util import all_tensor_names
+
+    return list(all_tensor_names(model))
+
+
+def mark_outputs(model: onnx.ModelProto, mark: Sequence[str]) -> onnx.ModelProto:
+    """A copy of `model` whose outputs are its own outputs followed by `mark`."""
+    import onnx as onnx_module
+    from polygraphy.backend.onnx import ModifyOutputs
+
+    own = [output.name for output in model.graph.output]
+    wanted = own + [name for name in dict.fromkeys(mark) if name not in set(own)]
+    copy = onnx_module.ModelProto()
+    copy.CopyFrom(model)
+    return ModifyOutputs(copy, outputs=wanted)()
+
+
+def feeds_key(iterations: Sequence[Feed]) -> str:
+    digest = hashlib.sha256()
+    for feed in iterations:
+        for name, array in sorted(feed.items()):
+            digest.update(name.encode())
+            digest.update(str(array.dtype).encode() + str(array.shape).encode())
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class ReferenceCache:
+    """Reference runs kept for reuse: every target of a suite case shares one reference run."""
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
+
+    def get_or_run(self, model: LoadedModel, backend: Backend, options: BackendOptions,
+                   feeds: Feeds, name: str) -> tuple[str, list[Any]]:
+        key = (model.sha256, backend.name, ",".join(options.providers),
+               feeds_key(feeds.iterations), name)
+        if key not in self._runs:
+            self._runs[key] = run_backend(model, backend, options, feeds.iterations, name)
+        return self._runs[key]
