@@ -12,9 +12,11 @@ Softmax turns -inf into a probability of exactly 0, as fp32 does with -3.4e38. A
 1. every value beyond the range is negative,
 2. the tensor reaches a Softmax's input through ops that carry a mask (Add, Where, Expand, ...),
    and that input is itself such a finding, and
-3. that Softmax, computed on the input rounded to the reduced type (masked values -inf), gives
-   exactly 0 at every masked position with every value finite, as the fp32 Softmax does: a row
-   masked entirely would give NaN, which is a real failure and stays an overflow.
+3. a run of the model emulated in the reduced type (`onnxrt-fp16` / `onnxrt-bf16`) gives that
+   Softmax exactly 0 at every masked position and finite values everywhere, as fp32 does. It
+   does not when a row is masked entirely (NaN), or when the fill is built as
+   `(1 - mask) * float32_lowest`: in fp16 the constant is -inf and `0 * -inf` is NaN. Those
+   stay overflows, because a TensorRT engine computing them in fp16 fails the same way.
 """
 
 from __future__ import annotations
@@ -100,47 +102,31 @@ def audit_activations(activations: dict[str, np.ndarray], producers: dict[str, s
             for finding in audit_tensor(name, values, producers.get(name, ""), precisions)]
 
 
-def _softmax_axis(node: onnx.NodeProto, opset: int) -> int:
-    for attr in node.attribute:
-        if attr.name == "axis":
-            return int(attr.i)
-    return -1 if opset >= 13 else 1
+def masked_positions(values: np.ndarray, precision: str) -> np.ndarray | None:
+    """Where a Softmax input holds mask fills for `precision`: values below -largest finite.
 
-
-def masked_softmax_harmless(values: np.ndarray, axis: int, opset: int, precision: str) -> bool:
-    """Whether a Softmax over `values` (fp32) gives 0 at every masked position in both types.
-
-    Masked positions are those beyond the reduced type's range (they become -inf there).
-    Before opset 13 Softmax flattens the dimensions from `axis` on into one.
+    None unless some value is there and none is above +largest (a mask is negative only).
     """
     largest = LIMITS[precision][0]
-    array = values.astype(np.float64)
-    if opset < 13:
-        axis = axis % array.ndim if array.ndim else 0
-        array = array.reshape(int(np.prod(array.shape[:axis], dtype=np.int64)), -1)
-        axis = 1
-    masked = array < -largest
-    if not masked.any():
-        return False
-    with np.errstate(all="ignore"):
-        reference = _softmax(array, axis)
-        rounded = np.where(masked, -np.inf, array)
-        reduced = _softmax(rounded, axis)
-    return bool(np.isfinite(reduced).all() and (reduced[masked] == 0).all()
-                and (reference[masked] < 1e-30).all())
+    if not np.issubdtype(values.dtype, np.floating) or values.size == 0:
+        return None
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.max() > largest or not (values < -largest).any():
+        return None
+    return values < -largest
 
 
-def _softmax(array: np.ndarray, axis: int) -> np.ndarray:
-    shifted = array - np.max(array, axis=axis, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / np.sum(exp, axis=axis, keepdims=True)
+def masked_probabilities_zero(probabilities: np.ndarray, masked: np.ndarray) -> bool:
+    """The reduced-precision Softmax output: finite everywhere and exactly 0 where masked."""
+    return bool(probabilities.shape == masked.shape and np.isfinite(probabilities).all()
+                and (probabilities[masked] == 0).all())
 
 
-def softmax_inputs(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
-    """Tensor -> (axis, opset) for every tensor read by a Softmax of the main graph."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
-    return {node.input[0]: (_softmax_axis(node, opset), opset) for node in model.graph.node
-            if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and node.input}
+def softmax_outputs(model: onnx.ModelProto) -> dict[str, str]:
+    """Softmax input -> its output, for every Softmax of the main graph."""
+    return {node.input[0]: node.output[0] for node in model.graph.node
+            if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and node.input
+            and node.output}
 
 
 def classify_mask_fills(findings: list[RangeFinding], model: onnx.ModelProto,

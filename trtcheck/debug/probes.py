@@ -31,8 +31,9 @@ from trtcheck.compare import tensor_verdict
 from trtcheck.debug.audit import (
     RangeFinding,
     audit_tensor,
-    masked_softmax_harmless,
-    softmax_inputs,
+    masked_positions,
+    masked_probabilities_zero,
+    softmax_outputs,
 )
 from trtcheck.run import Activations, Feed, markable_tensors, run_marked
 from trtcheck.tolerance import Tolerance
@@ -244,6 +245,8 @@ class BatchedRun:
     findings: list[RangeFinding] = field(default_factory=list)
     # (Softmax input, precision) pairs whose masked positions are harmless.
     harmless_masks: set[tuple[str, str]] = field(default_factory=set)
+    # (Softmax input, precision) -> masked positions, until a reduced run confirms them.
+    mask_candidates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     batches: list[list[str]] = field(default_factory=list)
     not_float: set[str] = field(default_factory=set)
 
@@ -283,7 +286,7 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
     budget = max(probe.max_memory // _COPIES_PER_BATCH, 1)
     producers = {name: graph.producers[name].name or graph.producers[name].op_type
                  for name in names if name in graph.producers}
-    softmax = softmax_inputs(probe.model.proto)
+    softmax = softmax_outputs(probe.model.proto)
     for number, batch in enumerate(batches_within(names, graph.sizes, budget), start=1):
         result.batches.append(batch)
         reference = run_marked(probe.model, probe.reference, probe.options, probe.feed, batch,
@@ -296,10 +299,10 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
             result.findings += audit_tensor(name, values, producers.get(name, ""),
                                             audit_precisions)
             if name in softmax:
-                axis, opset = softmax[name]
-                result.harmless_masks.update(
-                    (name, precision) for precision in audit_precisions
-                    if masked_softmax_harmless(values, axis, opset, precision))
+                for precision in audit_precisions:
+                    masked = masked_positions(values, precision)
+                    if masked is not None:
+                        result.mask_candidates[(name, precision)] = masked
             if keep(name):
                 kept[name] = values
         if judge:
@@ -311,7 +314,24 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
                 result.measured[name] = measure(target[name], reference[name], probe)
             del target
         del reference
+    _confirm_masks(probe, result, softmax)
     return result, kept
+
+
+def _confirm_masks(probe: Probe, result: BatchedRun, softmax: dict[str, str]) -> None:
+    """Runs each audited precision emulated, with the candidate Softmax outputs marked."""
+    from trtcheck.backends import get_backend
+
+    for precision in sorted({p for _, p in result.mask_candidates}):
+        candidates = {x: masked for (x, p), masked in result.mask_candidates.items()
+                      if p == precision}
+        emulated = get_backend(f"onnxrt-{precision}")
+        observed = run_marked(probe.model, emulated, probe.options, probe.feed,
+                              [softmax[x] for x in candidates], f"{emulated.name}:masks")
+        result.harmless_masks.update(
+            (x, precision) for x, masked in candidates.items()
+            if softmax[x] in observed and masked_probabilities_zero(observed[softmax[x]],
+                                                                     masked))
 
 
 class SearchProber:
