@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from trtcheck.backends import BACKENDS, BackendOptions
-from trtcheck.errors import EXIT_INPUT_ERROR, EXIT_MISMATCH, EXIT_PASS, TrtcheckError, UsageError
+from trtcheck.errors import (
+    EXIT_INPUT_ERROR,
+    EXIT_MISMATCH,
+    EXIT_PASS,
+    BackendRunError,
+    TrtcheckError,
+    UsageError,
+)
 from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange, parse_range, parse_shape
 from trtcheck.progress import display
 from trtcheck.tolerance import ERROR_STATS, check_tolerance_value
@@ -110,9 +117,9 @@ def _is_number(text: str) -> bool:
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("inputs")
-    data.add_argument("--input-shapes", nargs="+", metavar="NAME:SHAPE",
+    data.add_argument("--input-shapes", nargs="+", action="extend", metavar="NAME:SHAPE",
                       help="shapes for dynamic inputs, e.g. x:1x3x224x224")
-    data.add_argument("--val-range", nargs="+", metavar="[NAME:][LO,HI]",
+    data.add_argument("--val-range", nargs="+", action="extend", metavar="[NAME:][LO,HI]",
                       help="value range per input, e.g. x:[-1,1]; an unnamed range applies to "
                            "every float input")
     data.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for synthetic inputs")
@@ -162,17 +169,17 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target backend (default trt-fp16 where TensorRT imports, else "
                              "onnxrt-fp16)")
     tol = parser.add_argument_group("tolerances (V for every output, OUT:V for one)")
-    tol.add_argument("--atol", nargs="+", metavar="[OUT:]V", help="absolute tolerance")
-    tol.add_argument("--rtol", nargs="+", metavar="[OUT:]V",
+    tol.add_argument("--atol", nargs="+", action="extend", metavar="[OUT:]V", help="absolute tolerance")
+    tol.add_argument("--rtol", nargs="+", action="extend", metavar="[OUT:]V",
                      help="relative tolerance, relative to the reference's values")
-    tol.add_argument("--check-error-stat", nargs="+", metavar="[OUT:]STAT",
+    tol.add_argument("--check-error-stat", nargs="+", action="extend", metavar="[OUT:]STAT",
                      help=f"statistic checked against atol/rtol: {', '.join(ERROR_STATS)} "
                           "(default elemwise: an element fails if it exceeds both)")
-    tol.add_argument("--error-quantile", nargs="+", metavar="[OUT:]Q",
+    tol.add_argument("--error-quantile", nargs="+", action="extend", metavar="[OUT:]Q",
                      help="quantile for --check-error-stat quantile (default 0.99)")
-    tol.add_argument("--cosine", nargs="+", metavar="[OUT:]V",
+    tol.add_argument("--cosine", nargs="+", action="extend", metavar="[OUT:]V",
                      help="also require cosine similarity >= V")
-    tol.add_argument("--snr", nargs="+", metavar="[OUT:]DB", help="also require SNR >= DB")
+    tol.add_argument("--snr", nargs="+", action="extend", metavar="[OUT:]DB", help="also require SNR >= DB")
     _add_input_arguments(parser)
     parser.add_argument("--passes", nargs="+", metavar="PASS",
                         help="graph passes applied to the target's model first (see `trtcheck "
@@ -182,7 +189,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="ONNX Runtime execution providers (default cpu)")
     backend.add_argument("--tf32", action="store_true",
                          help="allow TF32 in TensorRT (off by default, as in Polygraphy)")
-    backend.add_argument("--keep-fp32", nargs="+", default=[], metavar="NODE",
+    backend.add_argument("--keep-fp32", nargs="+", action="extend", default=[], metavar="NODE",
                          help="ONNX nodes that stay in fp32 in reduced-precision targets")
     backend.add_argument("--trt-major", type=int, choices=(10, 11),
                          help="TensorRT major version to build for (default: installed one)")
@@ -332,10 +339,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if (args.bisect or args.command == "bisect") and result.verdict == "fail":
         try:
             localization = _bisect(args, result, console)
-        except TrtcheckError as err:
+        except Exception as err:
             if args.verbose:
                 raise
             # The comparison stands: its verdict and tables are kept, with the bisect error.
+            if not isinstance(err, TrtcheckError):
+                err = BackendRunError(f"internal error while bisecting ({type(err).__name__}: "
+                                      f"{err}); please report it with the model's opset and "
+                                      "ops; --verbose shows the traceback")
             bisect_error = err
             print(f"trtcheck: bisect: {err}", file=sys.stderr)
     document = result_to_dict(result)

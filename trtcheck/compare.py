@@ -119,10 +119,10 @@ def _abs_rel(target: np.ndarray, reference: np.ndarray):
     else:
         t64, r64 = target.astype(np.float64), reference.astype(np.float64)
         with np.errstate(invalid="ignore", over="ignore"):
-            absdiff = np.abs(t64 - r64)
+            absdiff = np.asarray(np.abs(t64 - r64))  # an array even for 0-d tensors
         # Matching infinities agree (Polygraphy's infinities_compare_equal, set below too).
         absdiff[np.isinf(t64) & (t64 == r64)] = 0.0
-    denominator = np.abs(reference.astype(np.float64))
+    denominator = np.asarray(np.abs(reference.astype(np.float64)))
     denominator[denominator == 0] = _EPSILON
     with np.errstate(invalid="ignore", over="ignore"):
         reldiff = absdiff / denominator
