@@ -169,7 +169,8 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="target backend (default trt-fp16 where TensorRT imports, else "
                              "onnxrt-fp16)")
     tol = parser.add_argument_group("tolerances (V for every output, OUT:V for one)")
-    tol.add_argument("--atol", nargs="+", action="extend", metavar="[OUT:]V", help="absolute tolerance")
+    tol.add_argument("--atol", nargs="+", action="extend", metavar="[OUT:]V",
+                     help="absolute tolerance")
     tol.add_argument("--rtol", nargs="+", action="extend", metavar="[OUT:]V",
                      help="relative tolerance, relative to the reference's values")
     tol.add_argument("--check-error-stat", nargs="+", action="extend", metavar="[OUT:]STAT",
@@ -179,7 +180,8 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                      help="quantile for --check-error-stat quantile (default 0.99)")
     tol.add_argument("--cosine", nargs="+", action="extend", metavar="[OUT:]V",
                      help="also require cosine similarity >= V")
-    tol.add_argument("--snr", nargs="+", action="extend", metavar="[OUT:]DB", help="also require SNR >= DB")
+    tol.add_argument("--snr", nargs="+", action="extend", metavar="[OUT:]DB",
+                     help="also require SNR >= DB")
     _add_input_arguments(parser)
     parser.add_argument("--passes", nargs="+", metavar="PASS",
                         help="graph passes applied to the target's model first (see `trtcheck "
