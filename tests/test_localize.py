@@ -66,7 +66,7 @@ def test_fp16_overflow_in_the_middle_of_a_long_chain(save_model, tmp_path):
     fix = result.precision_fix
     # 150 fp16 roundings also add up under compare's elementwise check: the fix keeps the
     # overflow and grows along the path until a run passes.
-    assert fix.verified and "chain/mul77" in fix.keep_fp32 and len(fix.keep_fp32) <= 32
+    assert fix.verified and "chain/mul77" in fix.keep_fp32 and len(fix.keep_fp32) <= 64
     assert "chain/mul77:float32" in fix.trt10_flags
 
 

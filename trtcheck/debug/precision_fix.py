@@ -7,8 +7,10 @@ zero; reductions on the diverged path (deep sums lose most in reduced precision)
 Each round runs the target with the plan and judges the output with compare's own criterion.
 While it fails, the bisection runs again under the plan and the set grows from what it finds:
 the new culprit; when the culprit is already kept (its inputs arrive rounded), the producers of
-its inputs; and, from the third round on, twice as many diverged nodes on the path to the output
-as the round before, so a failure spread over many layers still converges in a few rounds.
+its inputs; and, from the second round on or when those add nothing, twice as many nodes as the
+round before, diverged ones first and then those whose error is closest to their tolerance
+(errors each within tolerance still add up), so a failure spread over many layers converges in
+a few rounds (12 rounds reach 2,000 nodes).
 When the rounds run out or nothing new can be added, the partial plan is kept and one line says
 what still fails and by how much.
 """
@@ -33,7 +35,7 @@ from trtcheck.run import run_marked
 if TYPE_CHECKING:
     import numpy as np
 
-MAX_ROUNDS = 10
+MAX_ROUNDS = 12
 REDUCTIONS = frozenset({
     "ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceL1", "ReduceLogSumExp",
     "ReduceProd", "GlobalAveragePool", "LpNormalization", "LayerNormalization",
@@ -75,11 +77,19 @@ def _grow(probe: Probe, graph: TensorGraph, keep: set[str], mode: str,
             name = graph.node_of(i).name
             if name and name not in keep:
                 added.add(name)
-    if round_number >= 3:
-        diverged = [graph.node_of(graph.index[n]).name for n, m in found.measured.items()
-                    if m.failed and n in graph.index]
-        budget = 1 << (round_number - 2)
-        added.update([n for n in dict.fromkeys(diverged) if n and n not in keep][:budget])
+    if round_number >= 2 or not added:
+        # Diverged nodes first, then the nodes closest to their tolerance: errors each within
+        # tolerance can still add up past the output's.
+        def closeness(name: str) -> float:
+            m = found.measured[name]
+            return m.max_abs_error / m.atol if m.atol > 0 else float(m.max_abs_error > 0)
+
+        ranked = sorted((n for n in found.measured if n in graph.index),
+                        key=lambda n: (not found.measured[n].failed, -closeness(n),
+                                       graph.index[n]))
+        budget = 1 << max(round_number - 1, 0)
+        names = [graph.node_of(graph.index[n]).name for n in ranked]
+        added.update([n for n in dict.fromkeys(names) if n and n not in keep][:budget])
     return added, len(found.runs)
 
 
