@@ -850,8 +850,14 @@ Models:
 - `mobilenet_v3_tiny_qdq`: `quantize_static` QDQ int8, per-channel, symmetric activations.
 - `bert_tiny_dynquant`: `quantize_dynamic` int8 weights (DynamicQuantizeLinear, MatMulInteger).
 
-Detectors are exported by the classic exporter only: torch.export refuses their
-data-dependent output sizes. Patterns (op counts, empty = 0):
+Attention masks: the classic exports of BERT and GPT-2 fill masked scores with -inf (Where),
+the dynamo exports with -3.4e38 (float32's lowest); both overflow fp16, and the manifest's notes
+count such constants per model. Detectors are exported by the classic exporter only:
+torch.export refuses their data-dependent output sizes. ResNet-18, EfficientNet-B0, wav2vec2
+and Faster R-CNN are in the full corpus only (torchvision's ResNet has fixed widths, too big to
+commit; the others add no pattern the tiny models lack).
+
+Patterns (op counts, empty = 0):
 
 {header}
 {chr(10).join(rows)}
