@@ -238,3 +238,27 @@ def test_audit_json_is_valid(save_model, trtcheck_cli, tmp_path):
     path = save_model(constant_chain(), "const.onnx")
     trtcheck_cli("audit", path, "--json", "a.json")
     assert json.loads((tmp_path / "a.json").read_text())["findings"]
+
+
+def test_paddle_resize_from_constant_nodes_bisects(save_model, trtcheck_cli, tmp_path):
+    """Resize(x, roi, scales=<empty Constant>, sizes) after an overflow: compare, bisect, fix."""
+    empty = numpy_helper.from_array(np.zeros((0,), np.float32))
+    gain = numpy_helper.from_array(np.array(1e5, np.float32), "gain")
+    shrink = numpy_helper.from_array(np.array(1e-5, np.float32), "shrink")
+    sizes = numpy_helper.from_array(np.array([1, 1, 8, 8], np.int64), "sizes")
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["big"], name="amplify"),
+             helper.make_node("Constant", [], ["roi"], name="roi", value=empty),
+             helper.make_node("Constant", [], ["scales"], name="scales", value=empty),
+             helper.make_node("Resize", ["big", "roi", "scales", "sizes"], ["up"],
+                              name="resize", mode="nearest"),
+             helper.make_node("Mul", ["up", "shrink"], ["y"], name="attenuate")]
+    model = _model(nodes, [helper.make_tensor_value_info("x", F, [1, 1, 4, 4])],
+                   [helper.make_tensor_value_info("y", F, [1, 1, 8, 8])],
+                   [gain, shrink, sizes], opset=11)
+    path = save_model(model, "paddle.onnx")
+    run = trtcheck_cli("bisect", path, "--json", "r.json", "--repro", "repro")
+    assert run.code == 1, run.stderr
+    bisect = read_json(tmp_path / "r.json")["bisect"]
+    assert bisect["culprit"]["node"] == "amplify"
+    assert bisect["precision_fix"]["verified"]
+    assert trtcheck_cli("audit", path).code == 1
