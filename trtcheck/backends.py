@@ -138,7 +138,7 @@ def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     if backend.emulated or mark:
         runnable = emulate(model.proto, plan) if backend.emulated else model.proto
         if mark:
-            from trtcheck.run import mark_outputs
+            from trtcheck.marking import mark_outputs
 
             runnable = mark_outputs(runnable, mark)
         source = runnable.SerializeToString()

@@ -6,9 +6,8 @@ One error policy for every run:
   `BackendRunError` line naming the backend and what failed; an exception with an empty message
   is named by its type.
 
-Marking intermediate tensors as outputs goes through here too, on a copy of the model: Polygraphy's
-`ModifyOutputs` edits the model it is given, which once leaked marked outputs into a model used
-later (the TensorRT 11 conversion written by bisect kept 95 outputs).
+Marked intermediate tensors are returned too (`marking` says which tensors a run can return and
+marks them on a copy of the model).
 """
 
 from __future__ import annotations
@@ -106,29 +105,6 @@ def run_onnx(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activat
         return [dict(zip(names, session.run(names, feed), strict=True)) for feed in iterations]
     except Exception as err:
         raise _run_error("onnxrt", "failed to run the model", err, hint="") from err
-
-
-def markable_tensors(model: onnx.ModelProto) -> list[str]:
-    """Tensors a run can return, in topological order.
-
-    Outputs of `Constant` nodes are left out: ONNX Runtime folds them into initializers and never
-    returns them (Polygraphy refuses to mark them too); they are exact on every backend anyway.
-    """
-    from polygraphy.backend.onnx.util import all_tensor_names
-
-    return list(all_tensor_names(model))
-
-
-def mark_outputs(model: onnx.ModelProto, mark: Sequence[str]) -> onnx.ModelProto:
-    """A copy of `model` whose outputs are its own outputs followed by `mark`."""
-    import onnx as onnx_module
-    from polygraphy.backend.onnx import ModifyOutputs
-
-    own = [output.name for output in model.graph.output]
-    wanted = own + [name for name in dict.fromkeys(mark) if name not in set(own)]
-    copy = onnx_module.ModelProto()
-    copy.CopyFrom(model)
-    return ModifyOutputs(copy, outputs=wanted)()
 
 
 def feeds_key(iterations: Sequence[Feed]) -> str:

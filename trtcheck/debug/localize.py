@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,88 +25,18 @@ import onnx
 from trtcheck.backends import Backend, BackendOptions, get_backend
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
 from trtcheck.debug.local_check import LocalCheck, check_alone
-from trtcheck.debug.probes import (
-    Measure,
-    Probe,
-    SearchProber,
-    TensorGraph,
-    default_max_memory,
-    run_batches,
-)
-from trtcheck.debug.search import exact_origin, search_origin
+from trtcheck.debug.origin import Found, find_origin
+from trtcheck.debug.precision_fix import fix_precision as grow_fix
+from trtcheck.debug.probes import Probe, TensorGraph, default_max_memory, run_batches
+from trtcheck.debug.repro_folder import write_readme
+from trtcheck.debug.results import Localization, TracePoint
 from trtcheck.errors import UsageError
+from trtcheck.marking import markable_tensors
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.run import Feed, run_marked
 from trtcheck.tolerance import Tolerance
 
 MODES = ("auto", "exact", "search")
-
-
-@dataclass(frozen=True)
-class TracePoint:
-    """One tensor on the path from the inputs through the culprit to the failing output."""
-
-    index: int
-    tensor: str
-    node: str
-    op: str
-    error: float  # max |target - reference| / max |reference|
-    max_abs_error: float
-    max_abs_reference: float
-    tolerance: float  # the atol carried onto this tensor
-    diverged: bool
-
-
-@dataclass
-class PrecisionFix:
-    """Nodes to keep in fp32 so that the output passes, and whether a final run confirmed it."""
-
-    keep_fp32: list[str]
-    verified: bool
-    rounds: int
-    target_runs: int
-    trt10_flags: str
-    trt11_model: str | None = None
-    # When not verified: one line saying what still fails and by how much.
-    remaining: str | None = None
-
-
-@dataclass
-class Localization:
-    output: str
-    mode: str  # "exact" (every tensor, in batches) or "search" (few tensors per run)
-    criterion: str
-    culprit_node: str
-    culprit_op: str
-    culprit_tensor: str
-    culprit_index: int
-    local: bool | None
-    local_error: float | None
-    boundary_verified: bool
-    note: str
-    target_runs: int
-    runs: list[list[str]]
-    probe_points: int
-    trace: list[TracePoint]
-    audit: list[RangeFinding]
-    explanation: list[str]
-    precision_fix: PrecisionFix | None = None
-    repro_dir: str | None = None
-    batches: int = 0
-
-
-@dataclass
-class _Found:
-    """The search's outcome before it is explained."""
-
-    origin: int
-    followed: list[int]
-    verified: bool
-    runs: list[list[str]]
-    measured: dict[str, Measure]
-    findings: list[RangeFinding]
-    batches: int
-    note: str
 
 
 def describe_criterion(tolerance: Tolerance, output_scale: float) -> str:
@@ -134,38 +63,7 @@ def _resolve_mode(mode: str, target: Backend) -> str:
     return mode
 
 
-def _audit_precisions(target: Backend) -> tuple[str, ...]:
-    return (target.precision,) if target.precision in LIMITS else ("fp16", "bf16")
-
-
-def find_origin(probe: Probe, graph: TensorGraph, mode: str) -> _Found:
-    """Runs the search; the failing output is known to fail (compare said so)."""
-    failing = graph.index[probe.output]
-    if mode == "exact":
-        batched, _ = run_batches(probe, graph, graph.names, judge=True,
-                                 audit_precisions=_audit_precisions(probe.target))
-        graph.drop(batched.not_float)
-        failing = graph.index[probe.output]
-        fails = {graph.index[name]: m.failed for name, m in batched.measured.items()
-                 if name in graph.index}
-        note = ""
-        if not fails.get(failing, False):
-            # Marking outputs can change ONNX Runtime's kernels; compare's verdict stands.
-            fails[failing] = True
-            note = (f"{probe.output} passed in the probe runs (marked outputs change ONNX "
-                    "Runtime's kernels) but failed in compare, whose verdict stands; ")
-        origin = exact_origin(failing, graph.inputs_of, fails)
-        verified = all(not fails.get(i, False) for i in graph.inputs_of(origin))
-        findings = classify_mask_fills(batched.findings, probe.model.proto,
-                                       batched.harmless_masks)
-        return _Found(origin, [origin], verified, batched.batches, batched.measured, findings,
-                      len(batched.batches), note)
-    prober = SearchProber(probe, graph)
-    search = search_origin(failing, graph.inputs_of, prober)
-    return _Found(search.origin, search.followed, True, prober.runs, prober.measured, [], 0, "")
-
-
-def _trace(graph: TensorGraph, found: _Found, failing: int) -> list[TracePoint]:
+def _trace(graph: TensorGraph, found: Found, failing: int) -> list[TracePoint]:
     """Measured tensors on a path input -> culprit -> failing output, in topological order.
 
     Backwards from the output the path takes the worst-measured input (the way the error
@@ -237,8 +135,6 @@ def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = 
     # The culprit's own inputs and outputs from the reference, for the local check and repro.
     wanted = [t for t in [*node.input, *node.output] if t and t not in probe.feed
               and t not in {i.name for i in probe.model.proto.graph.initializer}]
-    from trtcheck.run import markable_tensors
-
     markable = set(markable_tensors(probe.model.proto))
     values: dict[str, np.ndarray] = {**probe.feed, **run_marked(
         probe.model, probe.reference, probe.options, probe.feed,
@@ -270,13 +166,9 @@ def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = 
         explanation=explanation, repro_dir=str(repro_dir) if repro_dir else None,
         batches=found.batches)
     if fix_precision and precision:
-        from trtcheck.debug.precision_fix import fix_precision as grow_fix
-
         result.precision_fix = grow_fix(probe, result, graph, found.findings, repro_dir, mode,
                                         values.get(probe.output))
     if repro_dir is not None:
-        from trtcheck.debug.repro_folder import write_readme
-
         write_readme(repro_dir, probe, result, values)
     return result
 

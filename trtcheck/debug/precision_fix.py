@@ -26,8 +26,9 @@ import onnx
 
 from trtcheck.atomic import save_onnx
 from trtcheck.debug.audit import RangeFinding
-from trtcheck.debug.localize import Localization, PrecisionFix, find_origin
+from trtcheck.debug.origin import find_origin
 from trtcheck.debug.probes import Probe, TensorGraph, measure
+from trtcheck.debug.results import Localization, PrecisionFix
 from trtcheck.errors import TrtcheckError
 from trtcheck.report.numbers import fmt
 from trtcheck.run import run_marked

@@ -35,7 +35,8 @@ from trtcheck.debug.audit import (
     masked_probabilities_zero,
     softmax_outputs,
 )
-from trtcheck.run import Activations, Feed, markable_tensors, run_marked
+from trtcheck.marking import markable_tensors
+from trtcheck.run import Activations, Feed, run_marked
 from trtcheck.tolerance import Tolerance
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ import numpy as np
 from trtcheck.atomic import write_atomically, write_npz
 
 if TYPE_CHECKING:
-    from trtcheck.debug.localize import Localization
     from trtcheck.debug.probes import Probe
+    from trtcheck.debug.results import Localization
 
 # Flags of `trtcheck compare` that describe synthetic inputs, with how many values each takes
 # (None: one or more, up to the next flag).

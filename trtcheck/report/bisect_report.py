@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from trtcheck.debug.audit import RangeFinding
-from trtcheck.debug.localize import Localization, TracePoint
+from trtcheck.debug.results import Localization, TracePoint
 from trtcheck.report.numbers import fmt
 
 # The trace is shown around the culprit and toward the output; the JSON has all of it.
