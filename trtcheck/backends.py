@@ -125,6 +125,19 @@ def default_target() -> tuple[str, str]:
     )
 
 
+# The last emulated model: bisection runs one plan many times (a batch of marked tensors per
+# run), and emulating a large model each time costs as much as running it.
+_EMULATED: dict[tuple[int, str, PrecisionPlan], onnx.ModelProto] = {}
+
+
+def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
+    key = (id(model.proto), model.sha256, plan)
+    if key not in _EMULATED:
+        _EMULATED.clear()
+        _EMULATED[key] = emulate(model.proto, plan)
+    return _EMULATED[key]
+
+
 def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
                    options: BackendOptions, name: str, mark: Sequence[str] = ()):
     import onnxruntime
@@ -136,7 +149,7 @@ def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
 
     source: bytes | str
     if backend.emulated or mark:
-        runnable = emulate(model.proto, plan) if backend.emulated else model.proto
+        runnable = emulated_model(model, plan) if backend.emulated else model.proto
         if mark:
             from trtcheck.marking import mark_outputs
 
