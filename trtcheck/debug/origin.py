@@ -6,7 +6,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
-from trtcheck.debug.probes import Measure, Probe, SearchProber, TensorGraph, run_batches
+from trtcheck.debug.probes import (
+    ByteBudget,
+    Measure,
+    Probe,
+    SearchProber,
+    TensorGraph,
+    run_batches,
+)
 from trtcheck.debug.search import exact_origin, search_origin
 
 if TYPE_CHECKING:
@@ -54,11 +61,13 @@ def find_origin(probe: Probe, graph: TensorGraph, mode: str) -> Found:
         return Found(origin, [origin], verified, batched.batches, batched.measured, findings,
                       len(batched.batches), note)
     # The audit needs only the reference: its batches do not touch the target.
-    audited, _ = run_batches(probe, graph, graph.names, judge=False,
-                             audit_precisions=audit_precisions(probe.target))
+    # The reference values it returns, within a third of the budget, spare probes a reference run.
+    audited, kept = run_batches(probe, graph, graph.names, judge=False,
+                                audit_precisions=audit_precisions(probe.target),
+                                keep=ByteBudget(probe.max_memory // 3))
     graph.drop(audited.not_float)
     findings = classify_mask_fills(audited.findings, probe.model.proto, audited.harmless_masks)
-    prober = SearchProber(probe, graph)
+    prober = SearchProber(probe, graph, kept)
     search = search_origin(graph.index[probe.output], graph.inputs_of, prober)
     return Found(search.origin, search.followed, True, prober.runs, prober.measured, findings,
                  len(audited.batches), "")

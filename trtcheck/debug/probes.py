@@ -276,11 +276,11 @@ def batches_within(names: Sequence[str], sizes: dict[str, int | None], budget: i
 
 def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge: bool,
                 audit_precisions: tuple[str, ...] = (),
-                keep: Callable[[str], bool] = lambda name: False) -> tuple[BatchedRun,
-                                                                            Activations]:
+                keep: Callable[[str, np.ndarray], bool] = lambda name, values: False) -> \
+        tuple[BatchedRun, Activations]:
     """Runs the reference (and with `judge` the target) over `names` in memory-bounded batches.
 
-    Returns the measures and findings, plus the reference arrays for which `keep(name)` is true.
+    Returns the measures and findings, plus the reference arrays for which `keep` is true.
     """
     result = BatchedRun()
     kept: Activations = {}
@@ -304,7 +304,7 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
                     masked = masked_positions(values, precision)
                     if masked is not None:
                         result.mask_candidates[(name, precision)] = masked
-            if keep(name):
+            if keep(name, values):
                 kept[name] = values
         if judge:
             target = run_marked(probe.model, probe.target, probe.options, probe.feed, batch,
@@ -335,12 +335,31 @@ def _confirm_masks(probe: Probe, result: BatchedRun, softmax: dict[str, str]) ->
                                                                      masked))
 
 
-class SearchProber:
-    """Judges a few tensors per target run (search mode), with reference values cached."""
+class ByteBudget:
+    """A `keep` for `run_batches`: keeps arrays while their bytes fit the budget."""
 
-    def __init__(self, probe: Probe, graph: TensorGraph) -> None:
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+
+    def __call__(self, name: str, values: np.ndarray) -> bool:
+        if values.nbytes > self.left:
+            return False
+        self.left -= values.nbytes
+        return True
+
+
+class SearchProber:
+    """Judges a few tensors per target run (search mode).
+
+    Reference values come from `reference_values` (kept from the audit's batches, within the
+    memory budget); tensors not there are marked in a reference run of their own.
+    """
+
+    def __init__(self, probe: Probe, graph: TensorGraph,
+                 reference_values: Activations | None = None) -> None:
         self.probe = probe
         self.graph = graph
+        self.reference_values = reference_values or {}
         self.measured: dict[str, Measure] = {}
         self.runs: list[list[str]] = []
 
@@ -348,9 +367,12 @@ class SearchProber:
         names = [self.graph.names[i] for i in tensors]
         self.runs.append(names)
         number = len(self.runs)
-        # Marked tensors are few: the reference runs with the same marks, in the same order.
-        reference = run_marked(self.probe.model, self.probe.reference, self.probe.options,
-                               self.probe.feed, names, f"reference:probe{number}")
+        missing = [n for n in names if n not in self.reference_values]
+        reference = dict(self.reference_values)
+        if missing:
+            reference.update(run_marked(self.probe.model, self.probe.reference,
+                                        self.probe.options, self.probe.feed, missing,
+                                        f"reference:probe{number}"))
         target = run_marked(self.probe.model, self.probe.target, self.probe.options,
                             self.probe.feed, names, f"target:probe{number}")
         verdicts = {}
