@@ -50,7 +50,7 @@ _MIB = 1 << 20
 
 
 def default_max_memory() -> int:
-    """A quarter of the memory available now, between 256 MiB and 2 GiB."""
+    """A quarter of the memory available now, between 256 MiB and 1 GiB."""
     available = 0
     try:
         with open("/proc/meminfo") as meminfo:
@@ -62,7 +62,7 @@ def default_max_memory() -> int:
         pass
     if not available:
         available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    return int(min(max(available // 4, 256 * _MIB), 2048 * _MIB))
+    return int(min(max(available // 4, 256 * _MIB), 1024 * _MIB))
 
 
 @dataclass(frozen=True)
@@ -252,25 +252,61 @@ class BatchedRun:
     not_float: set[str] = field(default_factory=set)
 
 
+class Batcher:
+    """Cuts the next batch of tensors (in order) whose estimated bytes fit `budget`.
+
+    Estimates are the inferred sizes. A tensor whose size shape inference could not tell (shapes
+    that depend on data, as after NMS) counts as the largest inferred size until some were
+    measured, and as twice their mean size after that; the first batch takes few of them.
+    """
+
+    UNKNOWN_IN_FIRST_BATCH = 16
+
+    def __init__(self, names: Sequence[str], sizes: dict[str, int | None], budget: int) -> None:
+        self.pending = list(names)
+        self.sizes = dict(sizes)
+        self.budget = budget
+        self.unknown = {name for name, size in sizes.items() if size is None}
+        self.largest = max((s for s in sizes.values() if s), default=1 << 20)
+        self.unknown_measured: list[int] = []
+
+    def next(self) -> list[str]:
+        batch: list[str] = []
+        used = unknown = 0
+        while self.pending:
+            name = self.pending[0]
+            size = self.sizes.get(name)
+            if size is None:
+                if not self.unknown_measured and unknown >= self.UNKNOWN_IN_FIRST_BATCH:
+                    break
+                size = self.estimate
+            if batch and used + size > self.budget:
+                break
+            batch.append(self.pending.pop(0))
+            used += size
+            unknown += self.sizes.get(name) is None
+        return batch
+
+    @property
+    def estimate(self) -> int:
+        if not self.unknown_measured:
+            return self.largest
+        return 2 * sum(self.unknown_measured) // len(self.unknown_measured) + 1
+
+    def observed(self, arrays: Activations) -> None:
+        for name, array in arrays.items():
+            if name in self.unknown and self.sizes.get(name) is None:
+                self.unknown_measured.append(array.nbytes)
+            self.sizes[name] = array.nbytes
+
+
 def batches_within(names: Sequence[str], sizes: dict[str, int | None], budget: int) -> \
         list[list[str]]:
-    """Splits `names` (in order) into runs of tensors whose known bytes fit `budget`.
-
-    Unknown sizes count as the largest known size, which keeps a batch of them bounded too.
-    """
-    largest = max((s for s in sizes.values() if s), default=1 << 20)
-    batches: list[list[str]] = []
-    current: list[str] = []
-    used = 0
-    for name in names:
-        size = sizes.get(name) or largest
-        if current and used + size > budget:
-            batches.append(current)
-            current, used = [], 0
-        current.append(name)
-        used += size
-    if current:
-        batches.append(current)
+    """The batches a `Batcher` cuts when no run tells it more (for planning and tests)."""
+    batcher = Batcher(names, sizes, budget)
+    batches = []
+    while batch := batcher.next():
+        batches.append(batch)
     return batches
 
 
@@ -288,10 +324,14 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
     producers = {name: graph.producers[name].name or graph.producers[name].op_type
                  for name in names if name in graph.producers}
     softmax = softmax_outputs(probe.model.proto)
-    for number, batch in enumerate(batches_within(names, graph.sizes, budget), start=1):
+    batcher = Batcher(names, graph.sizes, budget)
+    number = 0
+    while batch := batcher.next():
+        number += 1
         result.batches.append(batch)
         reference = run_marked(probe.model, probe.reference, probe.options, probe.feed, batch,
                                f"reference:batch{number}")
+        batcher.observed(reference)
         for name in batch:
             values = reference.get(name)
             if values is None or not np.issubdtype(values.dtype, np.floating):
