@@ -115,7 +115,7 @@ def make_probe(model: LoadedModel, reference: Backend, target: Backend, options:
         output_reference.dtype, np.floating) else output_reference
     scale = float(np.abs(finite.astype(np.float64)).max()) if finite.size else 0.0
     return Probe(model, reference, target, options, feed, output, tolerance, scale,
-                 max_memory or default_max_memory(), command)
+                 max_memory or default_max_memory(), command, output_reference)
 
 
 def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = True,
@@ -166,8 +166,7 @@ def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = 
         explanation=explanation, repro_dir=str(repro_dir) if repro_dir else None,
         batches=found.batches)
     if fix_precision and precision:
-        result.precision_fix = grow_fix(probe, result, graph, found.findings, repro_dir, mode,
-                                        values.get(probe.output))
+        result.precision_fix = grow_fix(probe, result, graph, found.findings, repro_dir, mode)
     if repro_dir is not None:
         write_readme(repro_dir, probe, result, values)
     return result

@@ -34,7 +34,7 @@ from trtcheck.report.numbers import fmt
 from trtcheck.run import run_marked
 
 if TYPE_CHECKING:
-    import numpy as np
+    pass
 
 MAX_ROUNDS = 12
 REDUCTIONS = frozenset({
@@ -91,16 +91,24 @@ def _grow(probe: Probe, graph: TensorGraph, keep: set[str], mode: str,
         budget = 1 << max(round_number - 1, 0)
         names = [graph.node_of(graph.index[n]).name for n in ranked]
         added.update([n for n in dict.fromkeys(names) if n and n not in keep][:budget])
+    if not added:
+        # Every node with a float output is kept: what still rounds are nodes that read floats
+        # and write other types (QuantizeLinear rounds its input before it quantizes).
+        readers = [node.name for node in probe.model.proto.graph.node
+                   if node.name and node.name not in keep
+                   and not any(out in graph.index for out in node.output)
+                   and any(t in graph.index or t in probe.feed for t in node.input)]
+        added.update(readers[:1 << max(round_number - 1, 0)])
     return added, len(found.runs)
 
 
 def fix_precision(probe: Probe, found: Localization, graph: TensorGraph,
-                  findings: list[RangeFinding], repro_dir: Path | None, mode: str,
-                  output_reference: np.ndarray | None = None) -> PrecisionFix:
+                  findings: list[RangeFinding], repro_dir: Path | None, mode: str) -> PrecisionFix:
     """Grows the fp32 set until the output passes (module docstring); never raises for a miss."""
     precision = probe.target.precision
     model = probe.model.proto
     keep = _seeds(found, findings, model, precision) | set(probe.options.keep_fp32)
+    output_reference = probe.output_reference
     if output_reference is None:
         output_reference = run_marked(probe.model, probe.reference, probe.options, probe.feed,
                                       [], "reference:output")[probe.output]

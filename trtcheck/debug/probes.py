@@ -81,6 +81,9 @@ class Probe:
     max_memory: int
     # The `trtcheck compare` command of the failing comparison, for the repro folder.
     command: str = ""
+    # The failing output as the reference computed it without marks (compare's run): a fix is
+    # verified against this, since marking can change ONNX Runtime's kernels (Q/DQ fusion).
+    output_reference: np.ndarray | None = None
 
     def with_options(self, options: BackendOptions) -> Probe:
         return replace(self, options=options)
