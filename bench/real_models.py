@@ -300,7 +300,8 @@ def audit_counts(report: dict[str, Any] | None) -> dict[str, int]:
     return counts
 
 
-def run_model(entry: dict[str, Any], timeout: float, progress: bool) -> ModelResult:
+def run_model(entry: dict[str, Any], timeout: float, progress: bool,
+              tolerance: float | None = None) -> ModelResult:
     model = Path(entry["_path"])
     result = ModelResult(name=entry["name"], path=str(model), manifest=entry["_manifest"],
                          family=str(entry.get("family", "")), nodes=entry.get("nodes"),
@@ -310,12 +311,14 @@ def run_model(entry: dict[str, Any], timeout: float, progress: bool) -> ModelRes
         result.bisect_outcome = "not-run"
         return result
     flags = input_flags(entry)
+    # Tighter tolerances make compare fail on (nearly) every model, so bisect runs on all.
+    tolerances = ["--atol", str(tolerance), "--rtol", str(tolerance)] if tolerance else []
     with tempfile.TemporaryDirectory(prefix=f"trtcheck-bench-{entry['name']}-") as tmp:
         work = Path(tmp)
         commands = {
-            "compare": [*TRTCHECK, "compare", model, "--target", TARGET, *flags,
+            "compare": [*TRTCHECK, "compare", model, "--target", TARGET, *flags, *tolerances,
                         "--json", work / "compare.json"],
-            "bisect": [*TRTCHECK, "bisect", model, "--target", TARGET, *flags,
+            "bisect": [*TRTCHECK, "bisect", model, "--target", TARGET, *flags, *tolerances,
                        "--repro", work / "repro", "--json", work / "bisect.json"],
             "audit": [*TRTCHECK, "audit", model, "--precision", "fp16", *flags,
                       "--json", work / "audit.json"],
@@ -582,6 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain", action="store_true",
                         help="print a plain markdown table instead of a rich one")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("--tolerance", type=float, default=None, metavar="V",
+                        help="compare and bisect with --atol V --rtol V (e.g. 1e-4, so that "
+                             "bisect runs on every model); default: the target's defaults")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
 
@@ -614,12 +620,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{index}/{len(entries)}] {entry['name']} ({entry.get('nodes')} nodes, "
                   f"{(entry.get('size_bytes') or 0) / 2**20:.1f} MB)", file=sys.stderr,
                   flush=True)
-        results.append(run_model(entry, args.timeout, progress=not args.quiet))
+        results.append(run_model(entry, args.timeout, progress=not args.quiet,
+                                 tolerance=args.tolerance))
         if args.json:
             write_json(args.json, manifests, args.timeout, warnings, results, done=False)
 
+    tolerance = f"atol = rtol = {args.tolerance:g}" if args.tolerance else "default tolerances"
     print(f"trtcheck on {len(results)} model(s) from {', '.join(str(m) for m in manifests)}; "
-          f"target {TARGET}; timeout {args.timeout:g} s per command; "
+          f"target {TARGET}, {tolerance}; timeout {args.timeout:g} s per command; "
           f"{time.perf_counter() - started:.0f} s in all")
     for warning in warnings:
         print(f"warning: {warning}")
