@@ -14,9 +14,11 @@ There is no runner class hierarchy here: Polygraphy has one, and a table of fact
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,17 +127,30 @@ def default_target() -> tuple[str, str]:
     )
 
 
-# The last emulated model: bisection runs one plan many times (a batch of marked tensors per
-# run), and emulating a large model each time costs as much as running it.
-_EMULATED: dict[tuple[int, str, PrecisionPlan], onnx.ModelProto] = {}
+# Inside `reusing_emulated_models()`, the last emulated model is kept: bisection runs one plan
+# many times (a batch of marked tensors per run), and emulating a large model each time costs as
+# much as running it. Elsewhere nothing is kept, so that a comparison's peak memory stays low.
+_EMULATED: ContextVar[dict | None] = ContextVar("trtcheck_emulated", default=None)
+
+
+@contextlib.contextmanager
+def reusing_emulated_models() -> Iterator[None]:
+    token = _EMULATED.set({})
+    try:
+        yield
+    finally:
+        _EMULATED.reset(token)
 
 
 def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
+    cache = _EMULATED.get()
+    if cache is None:
+        return emulate(model.proto, plan)
     key = (id(model.proto), model.sha256, plan)
-    if key not in _EMULATED:
-        _EMULATED.clear()
-        _EMULATED[key] = emulate(model.proto, plan)
-    return _EMULATED[key]
+    if key not in cache:
+        cache.clear()
+        cache[key] = emulate(model.proto, plan)
+    return cache[key]
 
 
 def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtcheck.backends import Backend, BackendOptions, get_backend
+from trtcheck.backends import Backend, BackendOptions, get_backend, reusing_emulated_models
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
 from trtcheck.debug.local_check import LocalCheck, check_alone
 from trtcheck.debug.origin import Found, find_origin
@@ -121,6 +121,12 @@ def make_probe(model: LoadedModel, reference: Backend, target: Backend, options:
 def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = True,
              mode: str = "auto") -> Localization:
     """Finds where `probe.output`'s divergence starts; see the module docstring for the method."""
+    with reusing_emulated_models():
+        return _localize(probe, repro_dir, fix_precision, mode)
+
+
+def _localize(probe: Probe, repro_dir: Path | None, fix_precision: bool,
+              mode: str) -> Localization:
     mode = _resolve_mode(mode, probe.target)
     graph = TensorGraph.build(probe.model.proto, probe.feed)
     if probe.output not in graph.index:
