@@ -221,7 +221,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                             "output)")
     debug.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
                        help="memory for the activations a bisection holds at once, e.g. 512M or "
-                            "2G (default: a quarter of the available memory, at most 1G)")
+                            "2G (default: a quarter of the available memory, at most 1.5G)")
     parser.add_argument("--verbose", action="store_true",
                         help="show Polygraphy's log and tracebacks")
 
