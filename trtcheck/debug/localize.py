@@ -142,9 +142,12 @@ def _localize(probe: Probe, repro_dir: Path | None, fix_precision: bool,
     wanted = [t for t in [*node.input, *node.output] if t and t not in probe.feed
               and t not in {i.name for i in probe.model.proto.graph.initializer}]
     markable = set(markable_tensors(probe.model.proto))
-    values: dict[str, np.ndarray] = {**probe.feed, **run_marked(
-        probe.model, probe.reference, probe.options, probe.feed,
-        [t for t in wanted if t in markable], "reference:culprit")}
+    missing = [t for t in wanted if t in markable and t not in found.reference_values]
+    values: dict[str, np.ndarray] = {**probe.feed, **{
+        t: found.reference_values[t] for t in wanted if t in found.reference_values}}
+    if missing:
+        values.update(run_marked(probe.model, probe.reference, probe.options, probe.feed,
+                                 [t for t in wanted if t in markable], "reference:culprit"))
     local = check_alone(probe, node, values, culprit_tensor, repro_dir)
     runs_count = len(found.runs) + (1 if local.local is not None else 0)
     precision = probe.target.precision if probe.target.precision != "fp32" else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
@@ -32,6 +32,8 @@ class Found:
     findings: list[RangeFinding]
     batches: int
     note: str
+    # Reference values kept on the way (within a share of the memory budget), by tensor.
+    reference_values: dict = field(default_factory=dict)
 
 
 def audit_precisions(target: Backend) -> tuple[str, ...]:
@@ -42,8 +44,11 @@ def find_origin(probe: Probe, graph: TensorGraph, mode: str) -> Found:
     """Runs the search; the failing output is known to fail (compare said so)."""
     failing = graph.index[probe.output]
     if mode == "exact":
-        batched, _ = run_batches(probe, graph, graph.names, judge=True,
-                                 audit_precisions=audit_precisions(probe.target))
+        # A sixth of the budget keeps reference values, which often spares the culprit's own
+        # reference run later (its inputs are kept when it lies early in the graph).
+        batched, kept = run_batches(probe, graph, graph.names, judge=True,
+                                    audit_precisions=audit_precisions(probe.target),
+                                    keep=ByteBudget(probe.max_memory // 6))
         graph.drop(batched.not_float)
         failing = graph.index[probe.output]
         fails = {graph.index[name]: m.failed for name, m in batched.measured.items()
@@ -59,7 +64,7 @@ def find_origin(probe: Probe, graph: TensorGraph, mode: str) -> Found:
         findings = classify_mask_fills(batched.findings, probe.model.proto,
                                        batched.harmless_masks)
         return Found(origin, [origin], verified, batched.batches, batched.measured, findings,
-                      len(batched.batches), note)
+                     len(batched.batches), note, kept)
     # The audit needs only the reference: its batches do not touch the target.
     # The reference values it returns, within a third of the budget, spare probes a reference run.
     audited, kept = run_batches(probe, graph, graph.names, judge=False,
@@ -70,4 +75,4 @@ def find_origin(probe: Probe, graph: TensorGraph, mode: str) -> Found:
     prober = SearchProber(probe, graph, kept)
     search = search_origin(graph.index[probe.output], graph.inputs_of, prober)
     return Found(search.origin, search.followed, True, prober.runs, prober.measured, findings,
-                 len(audited.batches), "")
+                 len(audited.batches), "", kept)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -221,7 +221,8 @@ def _inferred_types(model: onnx.ModelProto, feed: Feed) -> dict[str, tuple[np.dt
             dim.Clear()
             dim.dim_value = int(size)
     try:
-        inferred = onnx.shape_inference.infer_shapes(shaped, strict_mode=False)
+        # data_prop follows Shape -> Gather -> Concat -> Reshape chains, as exporters write them.
+        inferred = onnx.shape_inference.infer_shapes(shaped, strict_mode=False, data_prop=True)
     except Exception:  # a model shape inference cannot handle: sizes stay unknown
         return {}
     result: dict[str, tuple[np.dtype | None, int | None]] = {}
@@ -254,6 +255,20 @@ class BatchedRun:
     mask_candidates: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     batches: list[list[str]] = field(default_factory=list)
     not_float: set[str] = field(default_factory=set)
+
+
+class ByteBudget:
+    """A `keep` for `run_batches`: keeps arrays while their bytes fit the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.left = budget
+
+    def __call__(self, name: str, values: np.ndarray) -> bool:
+        if values.nbytes > self.left:
+            return False
+        self.left -= values.nbytes
+        return True
 
 
 class Batcher:
@@ -316,15 +331,16 @@ def batches_within(names: Sequence[str], sizes: dict[str, int | None], budget: i
 
 def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge: bool,
                 audit_precisions: tuple[str, ...] = (),
-                keep: Callable[[str, np.ndarray], bool] = lambda name, values: False) -> \
-        tuple[BatchedRun, Activations]:
+                keep: ByteBudget | None = None) -> tuple[BatchedRun, Activations]:
     """Runs the reference (and with `judge` the target) over `names` in memory-bounded batches.
 
-    Returns the measures and findings, plus the reference arrays for which `keep` is true.
+    Returns the measures and findings, plus the reference arrays that `keep` keeps (its budget
+    is taken from the batches').
     """
     result = BatchedRun()
     kept: Activations = {}
-    budget = max(probe.max_memory // _COPIES_PER_BATCH, 1)
+    reserved = keep.budget if keep is not None else 0
+    budget = max((probe.max_memory - reserved) // _COPIES_PER_BATCH, 1)
     producers = {name: graph.producers[name].name or graph.producers[name].op_type
                  for name in names if name in graph.producers}
     softmax = softmax_outputs(probe.model.proto)
@@ -348,7 +364,7 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
                     masked = masked_positions(values, precision)
                     if masked is not None:
                         result.mask_candidates[(name, precision)] = masked
-            if keep(name, values):
+            if keep is not None and keep(name, values):
                 kept[name] = values
         if judge:
             target = run_marked(probe.model, probe.target, probe.options, probe.feed, batch,
@@ -377,19 +393,6 @@ def _confirm_masks(probe: Probe, result: BatchedRun, softmax: dict[str, str]) ->
             (x, precision) for x, masked in candidates.items()
             if softmax[x] in observed and masked_probabilities_zero(observed[softmax[x]],
                                                                      masked))
-
-
-class ByteBudget:
-    """A `keep` for `run_batches`: keeps arrays while their bytes fit the budget."""
-
-    def __init__(self, budget: int) -> None:
-        self.left = budget
-
-    def __call__(self, name: str, values: np.ndarray) -> bool:
-        if values.nbytes > self.left:
-            return False
-        self.left -= values.nbytes
-        return True
 
 
 class SearchProber:
