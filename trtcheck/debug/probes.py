@@ -274,20 +274,34 @@ class ByteBudget:
 class Batcher:
     """Cuts the next batch of tensors (in order) whose estimated bytes fit `budget`.
 
-    Estimates are the inferred sizes. A tensor whose size shape inference could not tell (shapes
-    that depend on data, as after NMS) counts as the largest inferred size until some were
-    measured, and as twice their mean size after that; the first batch takes few of them.
+    Estimates are the inferred or measured sizes. A tensor whose size shape inference could not
+    tell takes, when an op that keeps sizes (elementwise ops, Reshape, Transpose, Softmax, norms)
+    produced it, the largest size among that op's inputs; otherwise (shapes that depend on data,
+    as after NMS) it counts as the largest inferred size until some were measured, and as their
+    mean size plus a quarter after that, and the first batch takes few of them.
     """
 
-    UNKNOWN_IN_FIRST_BATCH = 16
+    UNKNOWN_IN_FIRST_BATCH = 32
 
-    def __init__(self, names: Sequence[str], sizes: dict[str, int | None], budget: int) -> None:
+    def __init__(self, names: Sequence[str], sizes: dict[str, int | None], budget: int,
+                 producers: dict[str, onnx.NodeProto] | None = None,
+                 other_sizes: dict[str, int] | None = None) -> None:
         self.pending = list(names)
-        self.sizes = dict(sizes)
+        self.sizes = {**(other_sizes or {}), **sizes}
         self.budget = budget
+        self.producers = producers or {}
         self.unknown = {name for name, size in sizes.items() if size is None}
         self.largest = max((s for s in sizes.values() if s), default=1 << 20)
         self.unknown_measured: list[int] = []
+
+    def _propagated(self, name: str) -> int | None:
+        """The size an op that keeps sizes gives `name`, from its inputs' sizes, if known."""
+        node = self.producers.get(name)
+        if node is None or node.op_type not in SIZE_KEEPING or node.domain not in ("", "ai.onnx"):
+            return None
+        sizes = [self.sizes.get(t) for t in node.input if t]
+        known = [size for size in sizes if size]
+        return max(known) if known else None
 
     def next(self) -> list[str]:
         batch: list[str] = []
@@ -295,6 +309,8 @@ class Batcher:
         while self.pending:
             name = self.pending[0]
             size = self.sizes.get(name)
+            if size is None and (size := self._propagated(name)) is not None:
+                self.sizes[name] = size  # an estimate until the run measures it
             if size is None:
                 if not self.unknown_measured and unknown >= self.UNKNOWN_IN_FIRST_BATCH:
                     break
@@ -310,13 +326,26 @@ class Batcher:
     def estimate(self) -> int:
         if not self.unknown_measured:
             return self.largest
-        return 2 * sum(self.unknown_measured) // len(self.unknown_measured) + 1
+        mean = sum(self.unknown_measured) // len(self.unknown_measured)
+        return mean + mean // 4 + 1
 
     def observed(self, arrays: Activations) -> None:
         for name, array in arrays.items():
             if name in self.unknown and self.sizes.get(name) is None:
                 self.unknown_measured.append(array.nbytes)
             self.sizes[name] = array.nbytes
+
+
+# Ops whose float output is as large as their largest input (elementwise with broadcasting,
+# reshapes, normalisations): the size of one tells the size of the other.
+SIZE_KEEPING = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Max", "Min", "Sum", "Mean", "Relu", "LeakyRelu",
+    "Gelu", "Erf", "Tanh", "Sigmoid", "HardSigmoid", "HardSwish", "Elu", "Selu", "Softplus",
+    "Exp", "Log", "Sqrt", "Reciprocal", "Neg", "Abs", "Clip", "Cast", "CastLike", "Identity",
+    "Dropout", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Softmax",
+    "LogSoftmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
+    "GroupNormalization", "Mish", "PRelu", "Not", "Equal", "Less", "Greater",
+})
 
 
 def batches_within(names: Sequence[str], sizes: dict[str, int | None], budget: int) -> \
@@ -344,7 +373,8 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
     producers = {name: graph.producers[name].name or graph.producers[name].op_type
                  for name in names if name in graph.producers}
     softmax = softmax_outputs(probe.model.proto)
-    batcher = Batcher(names, graph.sizes, budget)
+    other_sizes = {name: array.nbytes for name, array in probe.feed.items()}
+    batcher = Batcher(names, graph.sizes, budget, graph.producers, other_sizes)
     number = 0
     while batch := batcher.next():
         number += 1
