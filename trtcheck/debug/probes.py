@@ -277,8 +277,8 @@ class Batcher:
     Estimates are the inferred or measured sizes. A tensor whose size shape inference could not
     tell takes, when an op that keeps sizes (elementwise ops, Reshape, Transpose, Softmax, norms)
     produced it, the largest size among that op's inputs; otherwise (shapes that depend on data,
-    as after NMS) it counts as the largest inferred size until some were measured, and as their
-    mean size plus a quarter after that, and the first batch takes few of them.
+    as after NMS) it counts as the largest inferred size until some were measured, and as twice
+    their mean size after that, and the first batch takes few of them.
     """
 
     UNKNOWN_IN_FIRST_BATCH = 32
@@ -326,8 +326,8 @@ class Batcher:
     def estimate(self) -> int:
         if not self.unknown_measured:
             return self.largest
-        mean = sum(self.unknown_measured) // len(self.unknown_measured)
-        return mean + mean // 4 + 1
+        # Twice the mean: data-dependent sizes vary (a detector's feature maps against its RoIs).
+        return 2 * sum(self.unknown_measured) // len(self.unknown_measured) + 1
 
     def observed(self, arrays: Activations) -> None:
         for name, array in arrays.items():
