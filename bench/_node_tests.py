@@ -277,3 +277,34 @@ def where_raised(trace: str | None) -> str:
     if frames and frames[-1] not in picked:
         picked.append(frames[-1])
     return " | ".join(picked)
+
+
+def bench_main(argv: list[str] | None, description: str, what: str,
+               run_case: Callable[[Job], R], timeout: float, lost: Callable[..., R],
+               summarize: Callable[[list[R], float], dict[str, Any]],
+               render: Callable[[dict[str, Any]], str]) -> dict[str, Any]:
+    """The command line both node-test benches share: select cases, run them, print, save."""
+    import argparse
+    import json
+    from dataclasses import asdict
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--limit", type=int, help="run only the first N (matching) cases")
+    parser.add_argument("--filter", help="run only cases whose name contains SUBSTRING",
+                        metavar="SUBSTRING")
+    parser.add_argument("--json", type=Path, metavar="OUT",
+                        help="write the summary and every case's record to OUT")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    jobs = load_jobs(args.filter, args.limit)
+    print(f"running {what} on {len(jobs)} node test case(s), {WORKERS} workers",
+          file=sys.stderr, flush=True)
+    records = run_all(jobs, run_case, timeout, progress=True, lost=lost)
+    summary = summarize(records, time.perf_counter() - started)
+    print(render(summary))
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"summary": summary, "cases": [asdict(record) for record in records]},
+            indent=1, default=str) + "\n")
+    return summary

@@ -34,14 +34,12 @@ found no numeric change; 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
-import json
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _node_tests import (  # noqa: E402  (bench/ is not a package)
     CRASH,
     TIMEOUT_KIND,
-    WORKERS,
     Job,
+    bench_main,
     first_line,
     load_case,
-    load_jobs,
     ort_outputs,
-    run_all,
     where_raised,
 )
 
@@ -328,25 +324,8 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, help="run only the first N (matching) cases")
-    parser.add_argument("--filter", help="run only cases whose name contains SUBSTRING",
-                        metavar="SUBSTRING")
-    parser.add_argument("--json", type=Path, metavar="OUT",
-                        help="write the summary and every case's record to OUT")
-    args = parser.parse_args(argv)
-
-    started = time.perf_counter()
-    jobs = load_jobs(args.filter, args.limit)
-    print(f"running the pass pipeline on {len(jobs)} node test case(s), {WORKERS} workers",
-          file=sys.stderr, flush=True)
-    records = run_all(jobs, run_case, TIMEOUT, progress=True, lost=_lost)
-    summary = summarize(records, time.perf_counter() - started)
-    print(render(summary))
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"summary": summary, "cases": [asdict(record) for record in records]},
-            indent=1, default=str) + "\n")
+    summary = bench_main(argv, __doc__.splitlines()[0], "the pass pipeline", run_case,
+                         TIMEOUT, _lost, summarize, render)
     failed = summary["exceptions"] or summary["crashes"] or summary["numeric_changes"]
     return 1 if failed else 0
 

@@ -27,15 +27,13 @@ error; 1 otherwise.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import io
-import json
 import re
 import sys
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _node_tests import (  # noqa: E402  (bench/ is not a package)
     CRASH,
     TIMEOUT_KIND,
-    WORKERS,
     Job,
+    bench_main,
     first_line,
     load_case,
-    load_jobs,
     ort_outputs,
-    run_all,
     where_raised,
 )
 
@@ -384,25 +380,8 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, help="run only the first N (matching) cases")
-    parser.add_argument("--filter", help="run only cases whose name contains SUBSTRING",
-                        metavar="SUBSTRING")
-    parser.add_argument("--json", type=Path, metavar="OUT",
-                        help="write the summary and every case's record to OUT")
-    args = parser.parse_args(argv)
-
-    started = time.perf_counter()
-    jobs = load_jobs(args.filter, args.limit)
-    print(f"running emulate/convert on {len(jobs)} node test case(s), {WORKERS} workers",
-          file=sys.stderr, flush=True)
-    records = run_all(jobs, run_case, TIMEOUT, progress=True, lost=_lost)
-    summary = summarize(records, time.perf_counter() - started)
-    print(render(summary))
-    if args.json:
-        args.json.write_text(json.dumps(
-            {"summary": summary, "cases": [asdict(record) for record in records]},
-            indent=1, default=str) + "\n")
+    summary = bench_main(argv, __doc__.splitlines()[0], "emulate/convert", run_case, TIMEOUT, _lost,
+                         summarize, render)
     return 1 if failure_count(summary) else 0
 
 
