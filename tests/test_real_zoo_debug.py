@@ -54,9 +54,7 @@ def test_audit_runs(entry, trtcheck_cli, tmp_path):
 
 
 def test_precision_fix_verified_on_an_export(trtcheck_cli, tmp_path):
-    entry = next((e for e in MANIFEST if e["name"] == "whisper_encoder_tiny_classic"), None)
-    if entry is None:
-        pytest.skip("zoo/real has no whisper encoder export")
+    entry = next(e for e in MANIFEST if e["name"] == "whisper_encoder_tiny_classic")
     run = trtcheck_cli("bisect", ZOO / entry["path"], *_input_flags(entry), "--atol", "1e-3",
                        "--rtol", "1e-3", "--json", "r.json", "--repro", "repro")
     assert run.code == 1, run.stderr
@@ -65,3 +63,4 @@ def test_precision_fix_verified_on_an_export(trtcheck_cli, tmp_path):
     again = trtcheck_cli("compare", ZOO / entry["path"], *_input_flags(entry), "--atol", "1e-3",
                          "--rtol", "1e-3", "--keep-fp32", *fix["keep_fp32"])
     assert again.code == 0, again.stdout
+
