@@ -153,6 +153,12 @@ def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
     return cache[key]
 
 
+def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOptions) -> None:
+    """Fills the emulated-model cache before a run forks, so that later runs reuse it."""
+    if backend.emulated and _EMULATED.get() is not None:
+        emulated_model(model, PrecisionPlan(backend.precision, options.keep_fp32))
+
+
 def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
                    options: BackendOptions, name: str, mark: Sequence[str] = ()):
     import onnxruntime

@@ -64,8 +64,22 @@ def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
                 mark: Sequence[str] = ()) -> tuple[str, list[Any]]:
     """Runs `backend` on every feed; returns its RunResults entry (runner name, iterations).
 
-    `mark` names intermediate tensors to return besides the model's outputs.
+    `mark` names intermediate tensors to return besides the model's outputs. The run happens in
+    a child process with a timeout (`trtcheck.isolation`): a crash or a hang becomes an error.
     """
+    from trtcheck import isolation
+    from trtcheck.backends import prepare_in_parent
+
+    # Work that later runs reuse (the emulated model during bisection) must be done here: what
+    # a child computes is lost when it exits.
+    prepare_in_parent(model, backend, options)
+    return isolation.call(_run_backend_here, model, backend, options, iterations, name, mark,
+                          what=f"{backend.name} ({name})")
+
+
+def _run_backend_here(model: LoadedModel, backend: Backend, options: BackendOptions,
+                      iterations: Sequence[Feed], name: str,
+                      mark: Sequence[str]) -> tuple[str, list[Any]]:
     from polygraphy.comparator import Comparator
 
     from trtcheck.backends import make_runner
@@ -95,6 +109,12 @@ def run_onnx(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activat
 
     Raises `BackendRunError`; callers that expect failures (a pass that broke the model) catch it.
     """
+    from trtcheck import isolation
+
+    return isolation.call(_run_onnx_here, model, iterations, what="onnxrt (graph pass check)")
+
+
+def _run_onnx_here(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activations]:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)

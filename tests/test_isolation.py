@@ -1,0 +1,172 @@
+"""Backend runs in a child process: real crashes and hangs become one item's error.
+
+The faults are real: the child process really dies by SIGSEGV (a NULL read through ctypes) or
+SIGABRT, or really never returns. They are planted in ONNX Runtime's Polygraphy runner, which the
+forked child inherits, so the crash happens where a TensorRT or ONNX Runtime crash would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trtcheck import isolation
+from trtcheck.backends import BackendOptions, get_backend
+from trtcheck.core import CompareRequest, compare_model
+from trtcheck.errors import BackendRunError, InputDataError
+from trtcheck.model import load_model
+from trtcheck.run import run_backend
+
+pytestmark = pytest.mark.skipif(not isolation.fork_available(),
+                                reason="backend isolation forks; this platform has no fork")
+
+ZOO = Path(__file__).resolve().parents[1] / "zoo"
+DEMO = ZOO / "demo.onnx"
+
+
+def _segfault(*_args, **_kwargs):
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def _abort(*_args, **_kwargs):
+    os.abort()
+
+
+def _hang(*_args, **_kwargs):
+    time.sleep(3600)
+
+
+@pytest.fixture
+def demo() -> Path:
+    if not DEMO.exists():
+        subprocess.run([sys.executable, "-m", "zoo.build"], check=True,
+                       cwd=ZOO.parent, capture_output=True)
+    return DEMO
+
+
+@pytest.fixture
+def planted(monkeypatch):
+    """Plants a fault in ONNX Runtime's runner; only forked children ever execute it."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    def plant(fault):
+        monkeypatch.setattr(OnnxrtRunner, "infer_impl", fault)
+
+    return plant
+
+
+@pytest.mark.parametrize(("fault", "signal_name"), [(_segfault, "SIGSEGV"), (_abort, "SIGABRT")])
+def test_a_crashing_backend_is_an_error_naming_the_signal(demo, planted, fault, signal_name):
+    planted(fault)
+    with pytest.raises(isolation.BackendCrashError, match=f"killed by signal {signal_name}") as err:
+        compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+    assert err.value.exit_code == 3
+    assert "\n" not in str(err.value)
+
+
+def test_the_parent_survives_and_runs_on(demo, planted, monkeypatch):
+    planted(_segfault)
+    with pytest.raises(isolation.BackendCrashError):
+        compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+    monkeypatch.undo()
+    result = compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+    assert [diff.name for diff in result.outputs] == ["scores", "energy"]
+
+
+def test_a_hanging_backend_is_stopped_at_the_timeout(demo, planted):
+    planted(_hang)
+    started = time.monotonic()
+    with isolation.isolation(timeout=1.5), pytest.raises(isolation.BackendCrashError,
+                                                         match=r"timed out after 1\.5 s"):
+        compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+    assert time.monotonic() - started < 30
+
+
+def test_isolated_results_equal_in_process_results_bit_for_bit(demo):
+    model = load_model(demo)
+    feed = {"image": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
+    backend = get_backend("onnxrt-fp16")
+    _, isolated = run_backend(model, backend, BackendOptions(), [feed], "target")
+    with isolation.isolation(enabled=False):
+        _, in_process = run_backend(model, backend, BackendOptions(), [feed], "target")
+    assert isolated[0].keys() == in_process[0].keys()
+    for name in isolated[0]:
+        np.testing.assert_array_equal(isolated[0][name], in_process[0][name])
+        # Arrays come back writable, as in-process ones are.
+        assert np.asarray(isolated[0][name]).flags.writeable
+
+
+def test_errors_raised_in_the_child_keep_their_type_and_message(demo):
+    model = load_model(demo)
+    with pytest.raises(BackendRunError, match="onnxrt-fp16: failed to run the model"):
+        run_backend(model, get_backend("onnxrt-fp16"), BackendOptions(),
+                    [{"image": np.zeros((1, 3, 5, 5), np.float32)}], "target")
+
+    def bad_input(*_args):
+        raise InputDataError("image: bad")
+
+    with pytest.raises(InputDataError, match="image: bad"):
+        isolation.call(bad_input, what="test")
+
+
+def test_the_cli_reports_a_crash_in_one_line_with_exit_3(demo, tmp_path):
+    script = textwrap.dedent(f"""
+        import ctypes, sys
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+        OnnxrtRunner.infer_impl = lambda *a, **k: ctypes.string_at(0)
+        from trtcheck.cli import main
+        sys.exit(main(["compare", {str(demo)!r}, "--target", "onnxrt-fp16",
+                       "--json", {str(tmp_path / "report.json")!r}]))
+    """)
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               timeout=120, cwd=tmp_path)
+    assert completed.returncode == 3, completed.stderr
+    lines = completed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "killed by signal SIGSEGV" in lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_a_killed_cli_takes_its_backend_child_with_it(demo, tmp_path):
+    """SIGKILL of trtcheck itself leaves no orphaned backend run (PR_SET_PDEATHSIG)."""
+    marker = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import os, sys, time
+        from pathlib import Path
+        from polygraphy.backend.onnxrt import OnnxrtRunner
+        def hang(*a, **k):
+            Path({str(marker)!r}).write_text(str(os.getpid()))
+            time.sleep(3600)
+        OnnxrtRunner.infer_impl = hang
+        from trtcheck.cli import main
+        sys.exit(main(["compare", {str(demo)!r}, "--target", "onnxrt-fp16"]))
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the backend child never started"
+    child_pid = int(marker.read_text())
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(child_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child_pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return status != "Z"

@@ -1,0 +1,216 @@
+"""Backend runs in a child process: a crash or a hang is one item's error, not the run's end.
+
+TensorRT engine builds do crash (SIGSEGV, SIGABRT) and ONNX Runtime can hang; in-process either
+would take the whole CLI or pytest session down with no report. Every run therefore happens in a
+forked child with a timeout:
+
+- fork, not spawn: the child inherits the loaded model, the feeds and the imported libraries, so
+  nothing is serialised on the way in and start-up costs a fork (milliseconds), not an import.
+  The parent itself never initialises CUDA (only children run TensorRT), which is what makes
+  forking safe for TensorRT.
+- results come back once over a pipe as pickle protocol 5 with out-of-band buffers: each array
+  is received straight into its own writable buffer, with no intermediate copy of the message.
+- a child killed by a signal, one that exits without answering, and one that exceeds the timeout
+  each become a `BackendCrashError` naming the signal or the timeout; the child is killed and
+  reaped on every way out of the parent (timeout, Ctrl-C, SIGTERM turned into an exception),
+  and on Linux it also dies with its parent (PR_SET_PDEATHSIG), so no engine build outlives a
+  killed gate.
+
+`multiprocessing` supplies the process and pipe handling; what it lacks (`Pool` and
+`ProcessPoolExecutor` cannot kill one hung call, and turn a dead worker into a generic
+BrokenProcessPool that forgets the signal) is the part written here.
+
+Where fork is unavailable (Windows, macOS default), or with `--in-process`, runs stay in-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import faulthandler
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, TypeVar
+
+from trtcheck.errors import BackendRunError, TrtcheckError
+
+T = TypeVar("T")
+
+# Long enough for a TensorRT engine build of a large model with fp16 tactics; a hang is caught
+# within this time, a legitimately slow run needs --timeout (or `timeout` in the suite).
+DEFAULT_TIMEOUT = 1800.0
+
+
+class BackendCrashError(BackendRunError):
+    """A backend process that was killed by a signal, exited without a result, or timed out."""
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """How backend runs are isolated: in a child process (with a timeout) or in-process."""
+
+    enabled: bool = True
+    timeout: float = DEFAULT_TIMEOUT
+
+
+_SETTINGS: contextvars.ContextVar[Isolation] = contextvars.ContextVar(
+    "trtcheck_isolation", default=Isolation())  # noqa: B039 - frozen, hence immutable
+
+
+@contextlib.contextmanager
+def isolation(enabled: bool | None = None, timeout: float | None = None) -> Iterator[Isolation]:
+    """Sets how runs inside the block are isolated; None keeps the current setting."""
+    current = _SETTINGS.get()
+    settings = Isolation(current.enabled if enabled is None else enabled,
+                         current.timeout if timeout is None else timeout)
+    token = _SETTINGS.set(settings)
+    try:
+        yield settings
+    finally:
+        _SETTINGS.reset(token)
+
+
+def current() -> Isolation:
+    return _SETTINGS.get()
+
+
+def fork_available() -> bool:
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def call(func: Callable[..., T], *args: Any, what: str) -> T:
+    """`func(*args)` in a child process under the current settings; `what` names the run.
+
+    Exceptions raised by `func` in the child come back as they are when they are trtcheck errors
+    (their one-line message and exit code survive), otherwise as a `BackendRunError` line.
+    """
+    settings = _SETTINGS.get()
+    if not settings.enabled or not fork_available():
+        return func(*args)
+    return _call_in_child(func, args, what, settings.timeout)
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _call_in_child(func: Callable[..., T], args: tuple, what: str, timeout: float) -> T:
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(sender, func, args), daemon=True,
+                            name=f"trtcheck: {what}")
+    with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child; the
+        # child here only runs the backend and writes to its pipe, never a lock another thread
+        # may hold (the progress spinner's console).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child.start()
+    sender.close()
+    deadline = time.monotonic() + timeout
+    try:
+        ready = wait([receiver, child.sentinel], timeout)
+        if receiver in ready:
+            try:
+                status, payload = _receive(receiver)
+            except (EOFError, OSError):
+                status, payload = "died", None
+        elif ready:
+            status, payload = "died", None
+        else:
+            status, payload = "timeout", None
+        if status == "died":
+            child.join(max(0.0, min(5.0, deadline - time.monotonic())))
+            raise BackendCrashError(_death_message(what, child.exitcode))
+        if status == "timeout":
+            raise BackendCrashError(
+                f"{what}: timed out after {timeout:g} s and was stopped; a hang in the backend, "
+                "or a run that needs longer: raise --timeout (suites: timeout = SECONDS)")
+        if status == "error":
+            raise payload
+        return payload
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+
+
+def _death_message(what: str, exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = _signal_name(-exitcode)
+        return (f"{what}: the backend process was killed by signal {name} ({-exitcode}); "
+                "this is a crash inside the backend (TensorRT or ONNX Runtime), not a mismatch; "
+                "--in-process --verbose runs it in trtcheck's own process to debug it")
+    return (f"{what}: the backend process exited with status {exitcode} without a result; "
+            "--in-process --verbose runs it in trtcheck's own process to debug it")
+
+
+# --- the child's side -------------------------------------------------------------------------
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when its parent dies, even by SIGKILL."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _child_main(sender: Connection, func: Callable[..., Any], args: tuple) -> None:
+    # Ctrl-C reaches the whole process group: the parent handles it and stops this child.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    # pytest's faulthandler, inherited, would print a Python stack for a crash that the parent
+    # reports in one line; --in-process shows it where it helps.
+    faulthandler.disable()
+    try:
+        message: tuple[str, Any] = ("ok", func(*args))
+    except TrtcheckError as err:
+        message = ("error", err)
+    except BaseException as err:  # noqa: BLE001 - anything the backend raised becomes one line
+        from trtcheck.run import first_line
+
+        message = ("error", BackendRunError(f"{first_line(err)}; --verbose shows the traceback"))
+    try:
+        _send(sender, message)
+    except Exception as err:  # noqa: BLE001 - e.g. an error that does not pickle
+        _send(sender, ("error", BackendRunError(f"could not return the result: {err}")))
+    finally:
+        sender.close()
+        # No atexit handlers, no flushing of buffers inherited from the parent.
+        os._exit(0)
+
+
+def _send(sender: Connection, message: tuple[str, Any]) -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    raws = [buffer.raw() for buffer in buffers]
+    sender.send((header, [raw.nbytes for raw in raws]))
+    for raw in raws:
+        sender.send_bytes(raw)
+
+
+def _receive(receiver: Connection) -> tuple[str, Any]:
+    header, sizes = receiver.recv()
+    buffers = []
+    for size in sizes:
+        buffer = bytearray(size)
+        if size:
+            receiver.recv_bytes_into(buffer)
+        else:
+            receiver.recv_bytes()
+        buffers.append(buffer)
+    return pickle.loads(header, buffers=buffers)
