@@ -85,9 +85,9 @@ reason = "known TensorRT issue"
     ('[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntargets = ["fp61"]\n',
      ["target 'fp61'", "did you mean 'fp16'"]),
     ('[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntolerance.atol = -1\n',
-     ["'atol' = -1 is impossible", ">= 0"]),
+     ["'tolerance.atol' = -1", "must be a finite number >= 0"]),
     ('[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntolerance.atol = "small"\n',
-     ["'atol' must be a number", "str"]),
+     ["'tolerance.atol' must be a number", "str"]),
     ('[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntolerance.min_cosine = 1.5\n',
      ["min_cosine", "between -1 and 1"]),
     ('[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntolerance.check_error_stat = "worst"\n',
@@ -156,3 +156,110 @@ def test_bundled_suites_are_valid():
         assert suite.cases, path
         for case in suite.cases:
             assert case.error is None, case.error
+
+
+# Every numeric key: nan and inf would switch a check off, negatives make no sense. Each body puts
+# the bad value on the line after `[[case]]`, `name` and `model`, so the error must point there.
+_KEYS = [
+    ("tolerance.atol = {}", "tolerance.atol", ["nan", "inf", "-inf", "-1e-3"]),
+    ("tolerance.rtol = {}", "tolerance.rtol", ["nan", "inf", "-1"]),
+    ("tolerance.error_quantile = {}", "tolerance.error_quantile", ["nan", "inf", "-0.5", "1.5"]),
+    ("tolerance.min_cosine = {}", "tolerance.min_cosine", ["nan", "inf", "-inf", "-2"]),
+    ("tolerance.min_snr = {}", "tolerance.min_snr", ["nan", "inf", "-inf"]),
+    ("tolerance.outputs.logits = {{ atol = {} }}", "tolerance.outputs.logits.atol",
+     ["nan", "inf", "-1"]),
+    ("tolerance_by_target.fp16 = {{ rtol = {} }}", "tolerance_by_target.fp16.rtol",
+     ["nan", "inf", "-1"]),
+    ("golden = {{ atol = {} }}", "golden.atol", ["nan", "inf", "-1"]),
+    ("golden.rtol = {}", "golden.rtol", ["nan", "inf", "-1"]),
+    ("timeout = {}", "timeout", ["nan", "inf", "-1", "0"]),
+    ("inputs.seed = {}", "inputs.seed", ["-1", "4294967296"]),
+    ("inputs.float_range = [0, {}]", "inputs.float_range[1]", ["nan", "inf"]),
+]
+
+
+@pytest.mark.parametrize("template, key, value", [
+    (template, key, value) for template, key, values in _KEYS for value in values])
+def test_no_value_disables_a_check(suite_dir, template, key, value):
+    body = '\n[[case]]\nname = "a"\nmodel = "cnn.onnx"\n' + template.format(value) + "\n"
+    path = write(suite_dir, body)
+    (case,) = load_suite(path).cases
+    line = HEADER.count("\n") + 5
+    assert case.error is not None, f"{key} = {value} was accepted"
+    assert case.error.startswith(f"{path}:{line}: case 'a': '{key}' = "), case.error
+    assert "must be a finite number" in case.error
+    assert len(case.error.splitlines()) == 1
+
+
+def test_bad_key_in_a_subtable_points_at_its_line(suite_dir):
+    path = write(suite_dir, """
+[[case]]
+model = "cnn.onnx"
+tolerance.atol = 0.1
+name = "a"
+
+[case.tolerance.outputs.logits]
+rtol = 0.1
+
+[case.golden]
+rtol = 1e-5
+atol = inf
+""")
+    (case,) = load_suite(path).cases
+    line = HEADER.count("\n") + 12
+    assert case.error.startswith(f"{path}:{line}: case 'a': 'golden.atol' = inf: "), case.error
+    assert "nan or inf would switch the check off" in case.error
+
+
+@pytest.mark.parametrize("body, key, line", [
+    ("[defaults.tolerance]\nrtol = 0.1\natol = nan\n", "defaults.tolerance.atol", 3),
+    ("[defaults]\ninputs.float_range = [-inf, 1.0]\n", "inputs.float_range[0]", 2),
+    ("[suite]\nname = \"x\"\ntimeout = inf\n", "suite.timeout", 3),
+    ("[suite]\ntimeout = -5\n", "suite.timeout", 2),
+])
+def test_bad_file_level_value_names_file_line_and_key(suite_dir, body, key, line):
+    path = suite_dir / "s.suite.toml"
+    path.write_text(body + HEADER)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    assert str(info.value).startswith(f"{path}:{line}: '{key}' = "), str(info.value)
+
+
+def test_good_values_are_kept(suite_dir):
+    path = suite_dir / "s.suite.toml"
+    path.write_text('[suite]\nname = "detectors-v2.1"\ntimeout = 90\n' + HEADER + """
+[[case]]
+name = "inherits"
+model = "cnn.onnx"
+golden = { atol = 0, rtol = 1e-3 }
+inputs.seed = 4294967295
+
+[[case]]
+name = "own"
+model = "cnn.onnx"
+timeout = 2.5
+tolerance = { atol = 0, rtol = 0, min_snr = -10, min_cosine = -1, error_quantile = 1 }
+""")
+    suite = load_suite(path)
+    inherits, own = suite.cases
+    assert suite.name == "detectors-v2.1"
+    assert inherits.error is None and own.error is None, (inherits.error, own.error)
+    assert (inherits.timeout, own.timeout) == (90.0, 2.5)
+    assert (inherits.golden_atol, inherits.golden_rtol) == (0.0, 1e-3)
+    assert inherits.inputs.seed == 2**32 - 1
+    tol = own.tolerances_for(suite.targets["fp16"]).resolve("fp16").default
+    assert (tol.atol, tol.min_snr, tol.min_cosine, tol.error_quantile) == (0.0, -10.0, -1.0, 1.0)
+    assert load_suite(write(suite_dir, '[[case]]\nname = "a"\nmodel = "cnn.onnx"\n')).cases[
+        0].timeout is None
+
+
+@pytest.mark.parametrize("value", ['"../.."', '".."', '"a/b"', '"a\\\\b"', '""', '".hidden"',
+                                   '"two words"', "3", "true", '["x"]'])
+def test_suite_name_must_be_a_plain_name(suite_dir, value):
+    path = suite_dir / "s.suite.toml"
+    path.write_text(f'# a comment\n[suite]\ndescription = "d"\nname = {value}\n' + HEADER)
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:4: [suite] name = "), message
+    assert "letters, digits" in message and len(message.splitlines()) == 1

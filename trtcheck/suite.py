@@ -19,7 +19,7 @@ from typing import Any
 from trtcheck.backends import BACKENDS
 from trtcheck.errors import TrtcheckError
 from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange
-from trtcheck.tolerance import ERROR_STATS, ToleranceRequest
+from trtcheck.tolerance import ERROR_STATS, ToleranceRequest, check_tolerance_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,12 +30,12 @@ SUITE_SUFFIX = ".suite.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 _TOP_KEYS = {"suite", "targets", "defaults", "case"}
-_SUITE_KEYS = {"name", "description"}
+_SUITE_KEYS = {"name", "description", "timeout"}
 _TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
 _DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target"}
 _CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
               "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
-              "markers"}
+              "markers", "timeout"}
 _INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
                      "min_snr"}
@@ -47,6 +47,9 @@ _MODEL_SCHEMES = ("pypi:", "package:", "https://", "http://")
 
 class SuiteError(TrtcheckError):
     """A suite file, or one case of it, that cannot be used as written."""
+
+    # The dotted key of a bad value (`golden.atol`), so the message can point at its own line.
+    key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,8 @@ class Case:
     golden_atol: float = 1e-5
     golden_rtol: float = 1e-5
     markers: tuple[str, ...] = ()
+    # Seconds one backend run may take (`timeout` of the case, else of [suite]); None: the default.
+    timeout: float | None = None
     error: str | None = None
 
     def tolerances_for(self, target: TargetSpec) -> ToleranceRequest:
@@ -176,6 +181,37 @@ class _Where:
     def at(self, line: int) -> str:
         return f"{self.path}:{line}" if line else str(self.path)
 
+    def key_line(self, dotted: str, start: int) -> int:
+        """The line of `dotted` (`golden.atol`) from line `start` to the next `[[...]]` header.
+
+        Follows the key's parts through table headers, dotted keys and inline tables; 0 if one
+        of them is not found (a name containing '.', say).
+        """
+        end = next((n for n in range(start + 1, len(self.lines) + 1)
+                    if re.match(r"\s*\[\[", self.lines[n - 1])), len(self.lines) + 1)
+        line = max(start, 1)
+        for part in re.sub(r"\[\d+\]", "", dotted).split("."):
+            word = re.compile(rf"(?<![\w-]){re.escape(part)}(?![\w-])")
+            line = next((n for n in range(line, end) if word.search(self.lines[n - 1])), 0)
+            if not line:
+                return 0
+        return line
+
+    def point_at_key(self, err: SuiteError, line: int, table_line: int | None = None) -> str:
+        """`err`'s message with its file:line moved from `line` to the line of its key.
+
+        The key is looked for from `table_line`, by default the `[[case]]` header above `line`.
+        """
+        message = str(err)
+        if err.key and line:
+            if table_line is None:
+                table_line = max((n for n in range(1, line + 1) if re.match(
+                    r"\s*\[\[\s*case\s*\]\]", self.lines[n - 1])), default=line)
+            key_line = self.key_line(err.key, table_line)
+            if key_line:
+                message = message.replace(self.at(line), self.at(key_line), 1)
+        return message
+
 
 def _unknown_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
@@ -212,35 +248,39 @@ def _string_list(value: Any, where: str, what: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _number(value: Any, where: str, what: str, low: float = 0.0, high: float = math.inf) -> float:
-    _expect(value, (int, float), where, what)
-    if not (math.isfinite(value) or (high == math.inf and value == math.inf)) or not (
-            low <= value <= high):
-        bounds = f">= {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-        raise SuiteError(f"{where}: '{what}' = {value!r} is impossible; it must be {bounds}")
-    return float(value)
+def _number(value: Any, where: str, what: str, low: float = 0.0, high: float = math.inf,
+            above_low: bool = False) -> float:
+    try:
+        _expect(value, (int, float), where, what)
+        return check_tolerance_value(f"{where}: '{what}' = {value!r}", value, low, high,
+                                     above_low=above_low, error=SuiteError)
+    except SuiteError as err:
+        err.key = what
+        raise
 
 
-def _tolerance_fields(table: dict[str, Any], where: str) -> dict[str, Any]:
+def _timeout(value: Any, where: str, what: str) -> float:
+    return _number(value, where, what, 0.0, above_low=True)
+
+
+def _tolerance_fields(table: dict[str, Any], where: str, what: str) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for key, value in table.items():
+        name = f"{what}.{key}"
         if key in ("atol", "rtol"):
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                    math.isinf(value):
-                raise SuiteError(f"{where}: '{key}' = inf checks nothing; give a finite value")
-            fields[key] = _number(value, where, key)
+            fields[key] = _number(value, where, name)
         elif key == "check_error_stat":
-            _expect(value, str, where, key)
+            _expect(value, str, where, name)
             if value not in ERROR_STATS:
                 raise SuiteError(
-                    f"{where}: check_error_stat '{value}' is not one of {', '.join(ERROR_STATS)}")
+                    f"{where}: {name} '{value}' is not one of {', '.join(ERROR_STATS)}")
             fields[key] = value
         elif key == "error_quantile":
-            fields[key] = _number(value, where, key, 0.0, 1.0)
+            fields[key] = _number(value, where, name, 0.0, 1.0)
         elif key == "min_cosine":
-            fields[key] = _number(value, where, key, -1.0, 1.0)
+            fields[key] = _number(value, where, name, -1.0, 1.0)
         elif key == "min_snr":
-            fields[key] = _number(value, where, key, -math.inf)
+            fields[key] = _number(value, where, name, -math.inf)
     return fields
 
 
@@ -251,11 +291,11 @@ def _tolerance_table(raw: Any, where: str, what: str) -> ToleranceTable:
     for output, table in _expect(raw.get("outputs", {}), dict, where, f"{what}.outputs").items():
         _expect(table, dict, where, f"{what}.outputs.{output}")
         _unknown_keys(table, _TOLERANCE_FIELDS, f"{where}: [{what}.outputs.{output}]")
-        outputs[output] = _tolerance_fields(table, f"{where}: {what}.outputs.{output}")
+        outputs[output] = _tolerance_fields(table, where, f"{what}.outputs.{output}")
     measured = raw.get("measured")
     if measured is not None:
         _expect(measured, str, where, f"{what}.measured")
-    return ToleranceTable(_tolerance_fields(raw, f"{where}: {what}"), outputs, measured)
+    return ToleranceTable(_tolerance_fields(raw, where, what), outputs, measured)
 
 
 def _tolerance_layers(raw: dict[str, Any], where: str, targets: dict[str, TargetSpec],
@@ -287,8 +327,8 @@ def _range(value: Any, where: str, what: str) -> ValueRange:
         raise SuiteError(f"{where}: '{what}' must be [low, high], got {value!r}")
     low = _number(value[0], where, f"{what}[0]", -math.inf)
     high = _number(value[1], where, f"{what}[1]", -math.inf)
-    if not (math.isfinite(low) and math.isfinite(high)) or low > high:
-        raise SuiteError(f"{where}: '{what}' = {value!r} needs finite low <= high")
+    if low > high:
+        raise SuiteError(f"{where}: '{what}' = {value!r} needs low <= high")
     return (low, high)
 
 
@@ -311,7 +351,9 @@ def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> Input
         float_range = _range(raw["float_range"], where, "inputs.float_range")
     seed = base.seed
     if "seed" in raw:
-        seed = _expect(raw["seed"], int, where, "inputs.seed")
+        # Polygraphy seeds numpy's RandomState, which takes 0 <= seed < 2**32.
+        seed = int(_number(_expect(raw["seed"], int, where, "inputs.seed"), where, "inputs.seed",
+                           0, 2**32 - 1))
     recorded = base.recorded
     if "recorded" in raw:
         recorded = (suite_dir / _expect(raw["recorded"], str, where, "inputs.recorded")).resolve()
@@ -377,7 +419,8 @@ def _targets(raw: Any, where: _Where) -> dict[str, TargetSpec]:
 
 
 def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[str, TargetSpec],
-          defaults: dict[str, Any], default_layers, default_inputs: InputSettings) -> Case:
+          defaults: dict[str, Any], default_layers, default_inputs: InputSettings,
+          default_timeout: float | None = None) -> Case:
     name = raw.get("name") if isinstance(raw, dict) else None
     line = where.line_of(rf"^\s*name\s*=\s*[\"']{re.escape(name)}[\"']") if isinstance(
         name, str) else 0
@@ -438,13 +481,34 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
             golden_atol=_number(golden.get("atol", 1e-5), at, "golden.atol"),
             golden_rtol=_number(golden.get("rtol", 1e-5), at, "golden.rtol"),
             markers=_string_list(raw.get("markers", []), at, "markers"),
+            timeout=_timeout(raw["timeout"], at, "timeout") if "timeout" in raw else
+            default_timeout,
         )
     except SuiteError as err:
         fallback = tuple(raw.get("targets", [])) if isinstance(raw, dict) and isinstance(
             raw.get("targets"), list) and all(t in targets for t in raw["targets"]) else tuple(
             targets)
         return Case(suite_path=suite_path, name=label, line=line, targets=fallback,
-                    error=str(err))
+                    error=where.point_at_key(err, line))
+
+
+def _suite_key_at(where: _Where, suite_line: int, key: str) -> str:
+    """file:line of `key` in the [suite] table (or of a dotted `suite.key` without one)."""
+    pattern = rf"^\s*{key}\s*=" if suite_line else rf"^\s*suite\.{key}\s*="
+    return where.at(where.line_of(pattern, suite_line) or suite_line)
+
+
+def _suite_name(table: dict[str, Any], path: Path, where: _Where, suite_line: int) -> str:
+    """`[suite] name`, else the file name: a plain name, since goldens and artifacts use it."""
+    if "name" not in table:
+        return path.name[: -len(SUITE_SUFFIX)] if path.name.endswith(SUITE_SUFFIX) else path.stem
+    name = table["name"]
+    at = _suite_key_at(where, suite_line, "name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise SuiteError(f"{at}: [suite] name = {name!r} must be a plain name of letters, digits, "
+                         "'_', '-', '.' (no slashes, not starting with '.'), e.g. name = "
+                         "\"detectors\"")
+    return name
 
 
 def load_suite(path: Path) -> Suite:
@@ -462,20 +526,28 @@ def load_suite(path: Path) -> Suite:
     _unknown_keys(raw, _TOP_KEYS, str(path))
     suite_table = _expect(raw.get("suite", {}), dict, str(path), "suite")
     _unknown_keys(suite_table, _SUITE_KEYS, f"{path}: [suite]")
-    name = suite_table.get("name", path.name[: -len(SUITE_SUFFIX)] if path.name.endswith(
-        SUITE_SUFFIX) else path.stem)
+    suite_line = where.line_of(r"^\s*\[\s*suite\s*\]")
+    name = _suite_name(suite_table, path, where, suite_line)
+    timeout = None
+    if "timeout" in suite_table:
+        timeout = _timeout(suite_table["timeout"], _suite_key_at(where, suite_line, "timeout"),
+                           "suite.timeout")
     targets = _targets(raw.get("targets", {}), where)
     defaults = _expect(raw.get("defaults", {}), dict, str(path), "defaults")
-    at_defaults = where.at(where.line_of(r"^\s*\[defaults"))
+    defaults_line = where.line_of(r"^\s*\[defaults")
+    at_defaults = where.at(defaults_line)
     _unknown_keys(defaults, _DEFAULT_KEYS, f"{at_defaults}: [defaults]")
-    default_layers = _tolerance_layers(defaults, at_defaults, targets, "defaults.")
-    default_inputs = _inputs(defaults.get("inputs", {}), at_defaults, path.parent,
-                             InputSettings(seed=DEFAULT_SEED))
+    try:
+        default_layers = _tolerance_layers(defaults, at_defaults, targets, "defaults.")
+        default_inputs = _inputs(defaults.get("inputs", {}), at_defaults, path.parent,
+                                 InputSettings(seed=DEFAULT_SEED))
+    except SuiteError as err:
+        raise SuiteError(where.point_at_key(err, defaults_line, defaults_line)) from None
     for target in defaults.get("targets", []):
         _check_target_name(target, targets, at_defaults, "defaults.targets")
     cases_raw = _expect(raw.get("case", []), list, str(path), "case")
     cases = tuple(_case(item, index, path, where, targets, defaults, default_layers,
-                        default_inputs) for index, item in enumerate(cases_raw))
+                        default_inputs, timeout) for index, item in enumerate(cases_raw))
     seen: set[str] = set()
     for case in cases:
         if case.name in seen:
@@ -483,4 +555,6 @@ def load_suite(path: Path) -> Suite:
                              "case names must be unique in a suite")
         seen.add(case.name)
     return Suite(path=path, name=name, targets=targets, cases=cases,
-                 description=suite_table.get("description", ""))
+                 description=_expect(suite_table.get("description", ""), str,
+                                     _suite_key_at(where, suite_line, "description"),
+                                     "suite.description"))

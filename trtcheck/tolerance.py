@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trtcheck.errors import UsageError
+from trtcheck.errors import TrtcheckError, UsageError
 
 ERROR_STATS = ("elemwise", "max", "mean", "median", "quantile")
 
@@ -28,6 +28,17 @@ class Tolerance:
     error_quantile: float = 0.99
     min_cosine: float | None = None
     min_snr: float | None = None
+
+    def __post_init__(self) -> None:
+        # The front ends check with the flag or file:line first; this catches API callers.
+        check_tolerance_value(f"atol {self.atol!r}", self.atol)
+        check_tolerance_value(f"rtol {self.rtol!r}", self.rtol)
+        check_tolerance_value(f"error_quantile {self.error_quantile!r}", self.error_quantile,
+                              0.0, 1.0)
+        if self.min_cosine is not None:
+            check_tolerance_value(f"min_cosine {self.min_cosine!r}", self.min_cosine, -1.0, 1.0)
+        if self.min_snr is not None:
+            check_tolerance_value(f"min_snr {self.min_snr!r}", self.min_snr, -math.inf)
 
 
 @dataclass(frozen=True)
@@ -77,9 +88,35 @@ class ToleranceRequest:
         return Tolerances(Tolerance(**defaults), per_output)
 
 
-def check_tolerance_value(what: str, value: float) -> float:
-    """Raises `UsageError` unless `value` is a finite, non-negative number."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
-            or value < 0:
-        raise UsageError(f"{what} must be a finite number >= 0, got {value!r}")
-    return float(value)
+def check_tolerance_value(what: str, value: object, low: float = 0.0, high: float = math.inf, *,
+                          above_low: bool = False,
+                          error: type[TrtcheckError] = UsageError) -> float:
+    """Returns `value` as a float if it is a finite number in [low, high]; raises `error` if not.
+
+    The one check for every tolerance, margin, threshold and limit, from flags and suite files
+    alike: nan compares false with everything and inf passes everything, so either would switch a
+    check off silently. `what` names where the value came from (`--rtol nan`,
+    `s.suite.toml:12: case 'a': 'golden.atol' = inf`); `above_low` excludes `low` itself.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"{what}: must be a number, got {type(value).__name__} {value!r}")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float's range
+        number = math.inf
+    if math.isfinite(number) and (low < number if above_low else low <= number) and number <= high:
+        return number
+    if math.isfinite(low) and math.isfinite(high):
+        bounds = f" between {_text(low)} and {_text(high)}"
+    elif math.isfinite(low):
+        bounds = f" > {_text(low)}" if above_low else f" >= {_text(low)}"
+    elif math.isfinite(high):
+        bounds = f" <= {_text(high)}"
+    else:
+        bounds = ""
+    why = "" if math.isfinite(number) else " (nan or inf would switch the check off)"
+    raise error(f"{what}: must be a finite number{bounds}{why}")
+
+
+def _text(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() and abs(bound) < 2**53 else f"{bound:g}"

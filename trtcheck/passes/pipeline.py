@@ -21,6 +21,7 @@ from trtcheck.errors import BackendRunError, UsageError
 from trtcheck.passes import PASSES, PassContext
 from trtcheck.passes.base import PassNotApplicable
 from trtcheck.run import run_onnx
+from trtcheck.tolerance import check_tolerance_value
 
 DEFAULT_RTOL = 1e-6
 
@@ -152,6 +153,7 @@ _MISSING = object()
 def run_pipeline(model: onnx.ModelProto, names: list[str], context: PassContext,
                  feeds: Outputs, rtol: float = DEFAULT_RTOL) -> PipelineResult:
     """Applies the named passes in pipeline order, verifying each with ONNX Runtime."""
+    rtol = check_tolerance_value(f"rtol {rtol!r}", rtol)  # nan would let every change through
     try:
         baseline: Outputs | None = run_onnx(model, feeds)
         reason = None
