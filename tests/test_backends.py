@@ -11,6 +11,7 @@ import ast
 import inspect
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -155,11 +156,16 @@ def test_trt11_converted_fp16_model_passes_full_onnx_check(tmp_path):
     onnx.checker.check_model(onnx.load(chain.onnx_path()), full_check=True)
 
 
-def test_trt11_converted_model_defaults_to_the_model_folder(tmp_path):
+def test_trt11_converted_model_never_goes_beside_the_model(tmp_path):
     model = _load(tmp_path, cnn(), name="net.onnx")
+    # A file of the converted model's old default name, which is the user's, not trtcheck's.
+    (tmp_path / "net.fp16.onnx").write_bytes(b"mine")
     chain = _chain(model, "trt-fp16", BackendOptions(trt_major=11))
-    assert Path(chain.onnx_path()) == tmp_path / "net.fp16.onnx"
-    assert (tmp_path / "net.fp16.onnx").is_file()
+    written = Path(chain.onnx_path())
+    assert written.parent != tmp_path and written.name == "net.fp16.onnx"
+    assert written.parent.is_relative_to(tempfile.gettempdir()) and written.is_file()
+    assert (tmp_path / "net.fp16.onnx").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.fp16.onnx", "net.onnx"]
 
 
 def test_trt11_keep_fp32_stays_fp32_in_the_converted_model(tmp_path):

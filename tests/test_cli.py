@@ -196,14 +196,21 @@ def test_tensorrt_11_command_uses_the_converted_model(save_model, trtcheck_cli, 
     import onnx
 
     model = save_model(two_heads())
+    # The converted model's name beside the model is the user's file; it is never replaced.
+    (tmp_path / "model.fp16.onnx").write_bytes(b"the user's own file")
     run = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--trt-major", "11",
                        "--json", "out/r.json")
     assert run.code == 1
     import shlex
 
     argv = shlex.split(read_json(tmp_path / "out" / "r.json")["polygraphy_command"])
-    converted = tmp_path / "out" / "model.fp16.onnx"
+    # Written to trtcheck's own work folder (marked as such), printed in the command.
+    converted = tmp_path / "trtcheck-work" / "model.fp16.onnx"
     assert tmp_path / argv[2] == converted and "--strongly-typed" in argv and "--fp16" not in argv
+    assert (tmp_path / "model.fp16.onnx").read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r.json"]
+    assert sorted(p.name for p in converted.parent.iterdir()) == [
+        "TRTCHECK-WORK-FOLDER.txt", "model.fp16.onnx"]
     loaded = onnx.load(str(converted))
     onnx.checker.check_model(loaded)
     assert any(init.data_type == onnx.TensorProto.FLOAT16 for init in loaded.graph.initializer)

@@ -1,19 +1,85 @@
-"""Writes that never leave a half-written file behind: write beside the target, then rename."""
+"""The one place trtcheck writes files: output paths checked before any work, atomic writes.
+
+A file is written under a temporary name in its destination folder, then renamed over the
+destination, so a reader never sees half a file. The temporary name is visible and says what it
+is (`NAME.trtcheck-partial-PID-XXXX`), and it is removed on any exception, Ctrl-C included (the
+CLI turns SIGTERM into an exception too). Only SIGKILL can leave one behind; the next write to
+the same destination removes those whose process is gone.
+
+Work files (converted models, fixed models) go to a work folder: one the user named, which
+trtcheck marks as its own, or a per-process folder in the system's temp directory, removed at
+exit. Nothing is written beside the user's model.
+"""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import re
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from trtcheck.errors import UsageError
+
+PARTIAL_TAG = ".trtcheck-partial-"
+# A work folder that trtcheck created carries this file; others are not written into.
+WORK_MARKER = "TRTCHECK-WORK-FOLDER.txt"
+_MARKER_TEXT = ("trtcheck writes converted and fixed models here and replaces them on the next "
+                "run; nothing else in this folder is written by trtcheck.\n")
+
+
+def _partial_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(re.escape(name) + re.escape(PARTIAL_TAG) + r"(\d+)-")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_partials(path: Path) -> list[Path]:
+    """Removes temporary files for `path` left by trtcheck processes that no longer exist.
+
+    Only names of trtcheck's own pattern for this destination are touched, and only when the
+    process id in the name is not running (a SIGKILL'd `trtcheck fix`, for instance).
+    """
+    pattern = _partial_pattern(path.name)
+    removed: list[Path] = []
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _process_alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _partial_prefix(path: Path) -> str:
+    return f"{path.name}{PARTIAL_TAG}{os.getpid()}-"
 
 
 def write_atomically(path: Path, write: Callable[[str], object]) -> None:
     """Calls `write(partial_path)` on a temporary file in `path`'s folder, then renames it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix,
+    remove_stale_partials(path)
+    handle, partial = tempfile.mkstemp(prefix=_partial_prefix(path), suffix=path.suffix,
                                        dir=path.parent)
     os.close(handle)
     try:
@@ -23,10 +89,14 @@ def write_atomically(path: Path, write: Callable[[str], object]) -> None:
         os.umask(umask)
         os.chmod(partial, 0o666 & ~umask)
         os.replace(partial, path)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(partial)
-        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """Writes `text` to `path` atomically."""
+    write_atomically(path, lambda partial: Path(partial).write_text(text))
 
 
 def write_npz(path: Path, arrays: dict) -> None:
@@ -45,12 +115,144 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 def save_onnx(model, path: Path) -> None:
-    """Writes an ONNX model atomically, its weights in `NAME.data` beside it if over 2 GB."""
+    """Writes an ONNX model atomically, its weights in `NAME.data` beside it if over 2 GB.
+
+    With external data, both files are written in a temporary folder beside `path` and renamed
+    into place, the weights first, so that the model never points at a half-written file.
+    """
     import onnx
 
     path = Path(path)
-    if model.ByteSize() > _EXTERNAL_DATA_BYTES:
-        write_atomically(path, lambda partial: onnx.save(
-            model, partial, save_as_external_data=True, location=f"{path.name}.data"))
-    else:
+    if model.ByteSize() <= _EXTERNAL_DATA_BYTES:
         write_atomically(path, lambda partial: onnx.save(model, partial))
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_partials(path)
+    staging = Path(tempfile.mkdtemp(prefix=_partial_prefix(path), dir=path.parent))
+    try:
+        data_name = f"{path.name}.data"
+        onnx.save(model, str(staging / path.name), save_as_external_data=True,
+                  location=data_name)
+        os.replace(staging / data_name, path.parent / data_name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _nearest_existing(folder: Path) -> Path:
+    folder = folder.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be created in `folder` (created on demand), or None."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"folder {existing} is not writable"
+    if existing == folder.absolute():
+        # Root passes os.access everywhere; a probe also catches read-only and special filesystems.
+        try:
+            handle, probe = tempfile.mkstemp(prefix=f"probe{PARTIAL_TAG}{os.getpid()}-",
+                                             dir=existing)
+        except OSError as err:
+            return f"cannot create files in {existing} ({err.strerror})"
+        os.close(handle)
+        os.unlink(probe)
+    return None
+
+
+def check_output_path(flag: str, path: Path | None, inputs: Iterable[Path | None] = ()) -> None:
+    """Raises `UsageError` (exit 2) unless `path` can be written as a new or replaced file.
+
+    Checked before any work: not one of `inputs` (the model, recorded inputs), not an existing
+    folder, and a folder that can hold it.
+    """
+    if path is None:
+        return
+    path = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise UsageError(f"{flag} {path}: the output would overwrite the input {source}; "
+                             "write it to another path")
+    if path.is_dir() or path.name in ("", ".", ".."):
+        raise UsageError(f"{flag} {path}: is a folder; give a file name (inside it, if that "
+                         "is where it should go)")
+    problem = _folder_problem(path.parent)
+    if problem is not None:
+        raise UsageError(f"{flag} {path}: {problem}; pick another path")
+
+
+def check_output_folder(flag: str, path: Path | None, inputs: Iterable[Path | None] = ()) -> None:
+    """Raises `UsageError` (exit 2) unless `path` is a folder trtcheck can create or write in."""
+    if path is None:
+        return
+    path = Path(path)
+    for source in inputs:
+        if source is not None and _same_file(path, Path(source)):
+            raise UsageError(f"{flag} {path}: that is the input {source}, not a folder; name a "
+                             "folder (it is created if missing)")
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder; name a folder (it is created "
+                         "if missing)")
+    problem = _folder_problem(path)
+    if problem is not None:
+        raise UsageError(f"{flag} {path}: {problem}; pick another folder")
+
+
+def check_distinct(named: Iterable[tuple[str, Path | None]]) -> None:
+    """Raises `UsageError` when two output flags name the same file."""
+    seen: dict[Path, str] = {}
+    for flag, path in named:
+        if path is None:
+            continue
+        key = Path(path).absolute().resolve()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} both name {path}; give each its own file")
+        seen[key] = flag
+
+
+def check_work_folder(flag: str, path: Path) -> None:
+    """Raises `UsageError` unless `path` is new, empty, or a work folder trtcheck created."""
+    check_output_folder(flag, path)
+    if path.is_dir() and not (path / WORK_MARKER).is_file() and any(path.iterdir()):
+        raise UsageError(f"{flag} {path}: this folder has files that trtcheck did not write; "
+                         "name a new or empty folder")
+
+
+def prepare_work_folder(path: Path) -> Path:
+    """Creates `path` as trtcheck's work folder (marked as such) and returns it."""
+    path.mkdir(parents=True, exist_ok=True)
+    marker = path / WORK_MARKER
+    if not marker.is_file():
+        write_text(marker, _MARKER_TEXT)
+    return path
+
+
+_SESSION_FOLDER: dict[int, Path] = {}
+
+
+def session_work_folder() -> Path:
+    """A work folder in the system temp directory for this process, removed at exit."""
+    pid = os.getpid()
+    if pid not in _SESSION_FOLDER:
+        folder = Path(tempfile.mkdtemp(prefix=f"trtcheck-work-{pid}-"))
+        _SESSION_FOLDER[pid] = folder
+        atexit.register(_remove_session_folder, pid)
+    return _SESSION_FOLDER[pid]
+
+
+def _remove_session_folder(pid: int) -> None:
+    # A forked child inherits the atexit list; only the creating process removes the folder.
+    if os.getpid() == pid and pid in _SESSION_FOLDER:
+        shutil.rmtree(_SESSION_FOLDER.pop(pid), ignore_errors=True)

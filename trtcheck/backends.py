@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -81,7 +80,7 @@ class BackendOptions:
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # TensorRT's major version; None means detect it from the installed package.
     trt_major: int | None = None
-    # Where a TensorRT 11 target writes its converted model.
+    # Where a TensorRT 11 target writes its converted model (None: a temporary folder).
     work_dir: Path | None = None
 
 
@@ -196,11 +195,9 @@ class ConvertedOnnxPath:
         self.destination = destination
 
     def __call__(self) -> str:
-        converted = convert(self.model.proto, self.plan)
-        self.destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.destination.with_suffix(".partial")
-        onnx.save(converted, str(partial))
-        os.replace(partial, self.destination)
+        from trtcheck.atomic import save_onnx
+
+        save_onnx(convert(self.model.proto, self.plan), self.destination)
         return str(self.destination)
 
 
@@ -251,8 +248,14 @@ class TrtChain:
 
 
 def converted_model_path(model_path: Path, plan: PrecisionPlan, options: BackendOptions) -> Path:
-    """Where a TensorRT 11 target writes the model converted to the plan's precision."""
-    return (options.work_dir or model_path.parent) / f"{model_path.stem}.{plan.precision}.onnx"
+    """Where a TensorRT 11 target writes the model converted to the plan's precision.
+
+    That is the work folder, or this process's temporary one: never beside the user's model.
+    """
+    from trtcheck.atomic import session_work_folder
+
+    folder = options.work_dir or session_work_folder()
+    return folder / f"{model_path.stem}.{plan.precision}.onnx"
 
 
 def _profile_shapes(model: LoadedModel, options: BackendOptions) -> dict[str, tuple[int, ...]]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from trtcheck import golden
-from trtcheck.atomic import write_atomically
+from trtcheck.atomic import prepare_work_folder, session_work_folder, write_atomically
 from trtcheck.backends import (
     Backend,
     BackendOptions,
@@ -137,20 +137,11 @@ def compare_model(request: CompareRequest, verbose: bool = False,
 def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
                  options: BackendOptions) -> tuple[LoadedModel, Any]:
     """Applies verified graph passes; the result is saved so that TensorRT can read a path."""
-    import tempfile
-
     from trtcheck.fix import apply_passes, save_model
 
     pipeline = apply_passes(model, names, feeds)
-    folder = options.work_dir
-    if folder is None:
-        import atexit
-        import shutil
-
-        # Needed until the target has run; nobody else reads it.
-        folder = Path(tempfile.mkdtemp(prefix="trtcheck-fixed-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    path = folder / f"{model.path.stem}.fixed.onnx"
+    assert options.work_dir is not None
+    path = prepare_work_folder(options.work_dir) / f"{model.path.stem}.fixed.onnx"
     save_model(pipeline.model, path)
     return load_model(path), pipeline
 
@@ -168,7 +159,10 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     feeds = make_feeds(model, request.inputs)
     # TensorRT profiles (and the repro command) take the shapes fed to dynamic inputs.
     dynamic_shapes = {d.name: d.shape for d in feeds.described if model.input(d.name).is_dynamic}
-    options = BackendOptions(**{**request.options.__dict__, "shapes": dynamic_shapes})
+    # Work files go to the work folder, else this process's temporary one (chosen here, so that
+    # a backend run in a child process writes where this process cleans up).
+    options = BackendOptions(**{**request.options.__dict__, "shapes": dynamic_shapes,
+                                "work_dir": request.options.work_dir or session_work_folder()})
     timings["prepare"] = time.perf_counter() - started
 
     reference_name, target_name = f"reference:{reference.name}", f"target:{target.name}"
@@ -207,7 +201,9 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         # The printed TensorRT 11 command builds the converted model; an emulated run has not
         # written it yet, so write it now for the user to take to the GPU machine.
         plan = PrecisionPlan(target.precision, options.keep_fp32)
-        ConvertedOnnxPath(model, plan, converted_model_path(model.path, plan, options))()
+        destination = converted_model_path(model.path, plan, options)
+        prepare_work_folder(destination.parent)
+        ConvertedOnnxPath(model, plan, destination)()
     command = polygraphy_command(
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
         load_inputs=str(request.save_inputs) if request.save_inputs else None)

@@ -144,7 +144,13 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         )
     _check_external_locations(model, model_path)
     if any(_is_external(t) for t in _all_initializers(model.graph)):
-        onnx.load_external_data_for_model(model, str(model_path.parent))
+        try:
+            onnx.load_external_data_for_model(model, str(model_path.parent))
+        except (ValueError, OSError) as err:
+            # onnx says which tensor asks for more bytes than its data file holds.
+            raise ModelError(f"{model_path}: external data cannot be read ({err}); the data file "
+                             "is truncated or does not belong to this model: copy it again"
+                             ) from err
     try:
         # The path form also checks models over 2 GB and external data.
         onnx.checker.check_model(str(model_path))

