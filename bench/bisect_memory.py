@@ -3,8 +3,8 @@
 What it measures: on big real models (default: ViT-B/16, GPT-2 small and BERT-base with its
 weights in an external data file, from the corpus built by bench/corpus/build.py), the wall
 time (process start to exit: interpreter start-up, imports, model load, sessions and all) and
-the peak resident memory (`ru_maxrss` of the child from `os.wait4`) of three whole CLI runs,
-each a subprocess started from a temporary working directory:
+the peak memory (`run_measured` in real_models.py: the CLI and its backend processes) of three
+whole CLI runs, each a subprocess started from a temporary working directory:
 
 - `trtcheck compare MODEL --target onnxrt-fp16` (the baseline: two ONNX Runtime sessions);
 - `trtcheck bisect MODEL --target onnxrt-fp16 --bisect-mode exact --no-precision-fix` (every
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         benches.append(bench_model(entry, args.repeats, args.timeout, args.with_fix,
                                    args.max_memory))
 
-    print(f"bisect time and peak memory (ru_maxrss of the child), target {TARGET}, "
+    print(f"bisect time and peak memory (the CLI and its backend processes), target {TARGET}, "
           f"{args.repeats} round(s), median; max-memory {args.max_memory or 'trtcheck default'}; "
           f"targets: exact/compare time <= {MAX_RATIO}, exact - compare peak <= "
           f"{MAX_DELTA_MB:.0f} MB")

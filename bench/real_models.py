@@ -14,8 +14,9 @@ in the repository), with the manifest's input shapes and value ranges:
 5. `trtcheck fix MODEL -o FIXED.onnx`.
 
 Per command it records the exit code, the wall time (process start to exit, interpreter start-up
-and imports included) and the peak resident memory of the child process (`ru_maxrss` from
-`os.wait4` on the child's pid; it covers the child and any process it waited for), and reads the
+and imports included) and the peak memory of the command and the backend processes it forks
+(the larger of `ru_maxrss` from `os.wait4` and the largest sum of PSS over its process group,
+sampled every 20 ms), and reads the
 command's `--json` report. A command that exceeds `--timeout` seconds is killed (its process
 group) and shown as `timeout`.
 
@@ -115,9 +116,37 @@ class Run:
         return f"exit {self.exit_code}"
 
 
+def _group_pss_kb(group: int) -> int:
+    """Proportional set size, summed over the processes of a process group (Linux /proc).
+
+    trtcheck runs backends in forked children that share pages with their parent: summing RSS
+    would count those pages twice, and ru_maxrss is the largest single process, not the sum.
+    """
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            # Fields after the command (which may hold spaces): state ppid pgrp ...
+            if int(stat.rsplit(")", 1)[1].split()[2]) != group:
+                continue
+            for line in Path(entry.path, "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def run_measured(command: str, argv: list[str], cwd: Path, timeout: float,
                  json_path: Path | None = None) -> Run:
-    """Runs argv in cwd; wall time and peak RSS of the child from os.wait4's rusage."""
+    """Runs argv in cwd; wall time and peak memory of the child and the processes it forks.
+
+    Peak memory is the larger of the child's ru_maxrss (os.wait4) and the largest sum of PSS
+    over its process group, sampled every 20 ms while it runs.
+    """
     stdout_path, stderr_path = cwd / f"{command}.stdout", cwd / f"{command}.stderr"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         started = time.perf_counter()
@@ -126,8 +155,12 @@ def run_measured(command: str, argv: list[str], cwd: Path, timeout: float,
         box: list[tuple[int, int, Any]] = []
         waiter = threading.Thread(target=lambda: box.append(os.wait4(proc.pid, 0)), daemon=True)
         waiter.start()
+        peak_group_kb = 0
         try:
-            waiter.join(timeout)
+            deadline = time.monotonic() + timeout
+            while waiter.is_alive() and time.monotonic() < deadline:
+                peak_group_kb = max(peak_group_kb, _group_pss_kb(proc.pid))
+                waiter.join(0.02)
         except BaseException:  # Ctrl-C, or SIGTERM (see main): take the child down too
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -159,7 +192,7 @@ def run_measured(command: str, argv: list[str], cwd: Path, timeout: float,
         stderr[:STDERR_KEEP // 2] + "\n[...]\n" + stderr[-STDERR_KEEP // 2:])
     return Run(command=command, argv=[str(a) for a in argv],
                exit_code=None if timed_out else proc.returncode, seconds=seconds,
-               peak_rss_mb=usage.ru_maxrss / 1024.0,  # Linux: kilobytes
+               peak_rss_mb=max(usage.ru_maxrss, peak_group_kb) / 1024.0,  # Linux: kilobytes
                timed_out=timed_out, traceback=TRACEBACK in stderr,
                stderr_first=lines[0] if lines else "", error_line=error_line, stderr=kept,
                report=report)

@@ -15,6 +15,7 @@ There is no runner class hierarchy here: Polygraphy has one, and a table of fact
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -152,8 +153,39 @@ def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
     return cache[key]
 
 
+@functools.cache
+def _warm_onnxruntime() -> None:
+    """Imports the runner modules and creates one ONNX Runtime session, once per process.
+
+    ONNX Runtime initialises its kernel registries and CPU dispatch on the first session of a
+    process; done here, every forked run inherits them (about 15 ms less per run).
+    """
+    import onnxruntime
+    import polygraphy.backend.onnxrt  # noqa: F401
+    import polygraphy.comparator  # noqa: F401
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "warm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    with contextlib.suppress(Exception):
+        onnxruntime.InferenceSession(model.SerializeToString(), options,
+                                     providers=["CPUExecutionProvider"])
+
+
 def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOptions) -> None:
-    """Fills the emulated-model cache before a run forks, so that later runs reuse it."""
+    """Work done once before a run forks, so that every later run (child) starts from it.
+
+    Imports ONNX Runtime and Polygraphy's runner modules (Polygraphy imports them lazily, so a
+    child would otherwise import them afresh each run: about 80 ms) and fills the
+    emulated-model cache. TensorRT is not touched: CUDA must be initialised in children only.
+    """
+    _warm_onnxruntime()
     if backend.emulated and _EMULATED.get() is not None:
         emulated_model(model, PrecisionPlan(backend.precision, options.keep_fp32))
 

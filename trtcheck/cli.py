@@ -9,23 +9,41 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from trtcheck.backends import BACKENDS, BackendOptions
 from trtcheck.errors import (
+    BUG_REPORT,
+    EXIT_COULD_NOT_RUN,
     EXIT_INPUT_ERROR,
+    EXIT_INTERNAL_ERROR,
+    EXIT_INTERRUPTED,
     EXIT_MISMATCH,
     EXIT_PASS,
-    BackendRunError,
+    EXIT_TERMINATED,
+    InternalError,
+    Terminated,
     TrtcheckError,
     UsageError,
 )
-from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange, parse_range, parse_shape
+from trtcheck.inputs import (
+    DEFAULT_SEED,
+    MAX_SEED,
+    InputSettings,
+    ValueRange,
+    parse_range,
+    parse_shape,
+)
 from trtcheck.progress import display
 from trtcheck.tolerance import ERROR_STATS, check_tolerance_value
+
+# trtcheck's own folder in the working directory, like trtcheck-repro; never the model's folder.
+DEFAULT_WORK_DIR = "trtcheck-work"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +125,16 @@ def _memory_size(text: str) -> int:
     return int(value)
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{text}: a seed is between 0 and {MAX_SEED} (2**32-1)")
+    return value
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -122,7 +150,8 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--val-range", nargs="+", action="extend", metavar="[NAME:][LO,HI]",
                       help="value range per input, e.g. x:[-1,1]; an unnamed range applies to "
                            "every float input")
-    data.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed for synthetic inputs")
+    data.add_argument("--seed", type=_seed, default=DEFAULT_SEED,
+                      help="seed for synthetic inputs, 0 to 2**32-1")
     data.add_argument("--inputs", type=Path, metavar="FILE",
                       help="recorded inputs: .npz, or Polygraphy input .json")
 
@@ -195,6 +224,10 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="ONNX nodes that stay in fp32 in reduced-precision targets")
     backend.add_argument("--trt-major", type=int, choices=(10, 11),
                          help="TensorRT major version to build for (default: installed one)")
+    backend.add_argument("--work-dir", type=Path, metavar="DIR", default=Path(DEFAULT_WORK_DIR),
+                         help="where converted and fixed models are written (the TensorRT 11 "
+                              f"command reads its converted model from here; default "
+                              f"{DEFAULT_WORK_DIR}); a new, empty or earlier trtcheck work folder")
     out = parser.add_argument_group("outputs")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
     out.add_argument("--report", type=Path, metavar="FILE.html",
@@ -303,7 +336,7 @@ def request_from_args(args: argparse.Namespace):
         passes=tuple(args.passes) if args.passes else (),
         options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
                                keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
-                               work_dir=args.json.parent if args.json else None),
+                               work_dir=args.work_dir),
         save_outputs=args.save_outputs,
         save_inputs=args.save_inputs,
     )
@@ -346,9 +379,9 @@ def run_compare(args: argparse.Namespace) -> int:
                 raise
             # The comparison stands: its verdict and tables are kept, with the bisect error.
             if not isinstance(err, TrtcheckError):
-                err = BackendRunError(f"internal error while bisecting ({type(err).__name__}: "
-                                      f"{err}); please report it with the model's opset and "
-                                      "ops; --verbose shows the traceback")
+                traceback.print_exc()
+                err = InternalError(f"internal error while bisecting ({type(err).__name__}: "
+                                    f"{err}); {BUG_REPORT}")
             bisect_error = err
             print(f"trtcheck: bisect: {err}", file=sys.stderr)
     document = result_to_dict(result)
@@ -359,7 +392,8 @@ def run_compare(args: argparse.Namespace) -> int:
     if bisect_error is not None:
         document["bisect_error"] = str(bisect_error)
     _write_reports(args, document)
-    if bisect_error is not None and args.command == "bisect":
+    if bisect_error is not None and (args.command == "bisect"
+                                     or isinstance(bisect_error, InternalError)):
         return bisect_error.exit_code
     return EXIT_PASS if result.verdict == "pass" else EXIT_MISMATCH
 
@@ -370,12 +404,12 @@ def _write_reports(args: argparse.Namespace, document: dict[str, Any]) -> None:
     if args.json is not None:
         write_json(document, args.json)
     if args.report is not None:
-        from trtcheck.atomic import write_atomically
+        from trtcheck.atomic import write_text
         from trtcheck.report.html_report import render
 
         page = render([(args.model.name, document, {})], f"trtcheck {args.command} "
                       f"{args.model.name}")
-        write_atomically(args.report, lambda partial: Path(partial).write_text(page))
+        write_text(args.report, page)
 
 
 def _bisect(args: argparse.Namespace, result, console):
@@ -383,7 +417,7 @@ def _bisect(args: argparse.Namespace, result, console):
     from trtcheck.report.bisect_report import BisectView
     from trtcheck.run import quiet_polygraphy
 
-    repro = args.repro or Path("trtcheck-repro") / f"{args.model.stem}-{result.target.name}"
+    repro = args.repro or _default_repro(args, result.target.name)
     repro.mkdir(parents=True, exist_ok=True)
     with quiet_polygraphy(args.verbose), display(console):
         localization = localize_comparison(result, repro_dir=repro,
@@ -453,19 +487,67 @@ def run_lint(args: argparse.Namespace) -> int:
     return EXIT_MISMATCH if failing else EXIT_PASS
 
 
+def _default_repro(args: argparse.Namespace, target: str | None) -> Path:
+    from trtcheck.backends import default_target
+
+    return Path("trtcheck-repro") / f"{args.model.stem}-{target or default_target()[0]}"
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Checks every path the command will write, before any work; `UsageError` names the flag."""
+    from trtcheck import atomic
+
+    inputs = [args.model, getattr(args, "inputs", None)]
+    files = [("--json", args.json), ("--report", getattr(args, "report", None)),
+             ("--save-outputs", getattr(args, "save_outputs", None)),
+             ("--save-inputs", getattr(args, "save_inputs", None))]
+    if args.command == "fix":
+        files.insert(0, ("-o", args.output))
+    for flag, path in files:
+        atomic.check_output_path(flag, path, inputs)
+    atomic.check_distinct(files)
+    if args.command in ("compare", "bisect"):
+        atomic.check_work_folder("--work-dir", args.work_dir)
+        if args.bisect or args.command == "bisect":
+            repro = args.repro or _default_repro(args, args.target)
+            atomic.check_output_folder("--repro", repro, [*inputs, *(p for _, p in files)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns its exit code (see `trtcheck.errors`), never raises for one."""
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
                 "fix": run_fix, "lint": run_lint}
     try:
+        check_outputs(args)
         return commands[args.command](args)
     except TrtcheckError as err:
         if args.verbose:
-            raise
+            traceback.print_exc()
         print(f"trtcheck: error: {err}", file=sys.stderr)
         return err.exit_code
+    except KeyboardInterrupt:
+        print("trtcheck: interrupted (Ctrl-C); temporary files were removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print("trtcheck: stopped by SIGTERM; temporary files were removed", file=sys.stderr)
+        return EXIT_TERMINATED
+    except MemoryError:
+        print(f"trtcheck: error: out of memory while running `trtcheck {args.command}`; use "
+              "smaller --input-shapes or a machine with more memory", file=sys.stderr)
+        return EXIT_COULD_NOT_RUN
+    except Exception as err:
+        traceback.print_exc()
+        print(f"trtcheck: internal error ({type(err).__name__}): {BUG_REPORT}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def entry_point() -> None:
     os.environ.setdefault("POLYGRAPHY_AUTOINSTALL_DEPS", "0")
+    # SIGTERM (CI cancelling a job, `kill`) unwinds like Ctrl-C, so temporary files are removed.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     sys.exit(main())
