@@ -273,7 +273,10 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
         options=BackendOptions(providers=target.providers, tf32=target.tf32,
                                keep_fp32=target.keep_fp32, work_dir=work_dir),
     )
-    result = compare_model(request, verbose=verbose, reference_cache=reference_cache)
+    from trtcheck.isolation import isolation
+
+    with isolation(timeout=case.timeout):
+        result = compare_model(request, verbose=verbose, reference_cache=reference_cache)
     reference_outputs = {name: np.asarray(array) for name, array in
                          result.run_results[f"reference:{result.reference.name}"][0].items()}
     golden_check = golden.check(
