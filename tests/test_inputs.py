@@ -106,3 +106,113 @@ def test_recorded_unknown_format(save_model, tmp_path):
     (tmp_path / "in.pt").write_bytes(b"x")
     with pytest.raises(InputDataError, match="use .npz or .json"):
         make_feeds(model, InputSettings(recorded=tmp_path / "in.pt"))
+
+
+# Recorded inputs are cast to the model's dtype only when nothing is lost.
+
+def identity_model(elem_type: int, shape=(2, 3)) -> onnx.ModelProto:
+    """One input `ids` of `elem_type`, passed through to `ids_out`."""
+    inputs = [helper.make_tensor_value_info("ids", elem_type, list(shape))]
+    outputs = [helper.make_tensor_value_info("ids_out", elem_type, list(shape))]
+    node = helper.make_node("Identity", ["ids"], ["ids_out"], name="id")
+    return helper.make_model(helper.make_graph([node], "identity", inputs, outputs),
+                             opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _record(tmp_path, value: np.ndarray, form: str):
+    if form == "npz":
+        np.savez(tmp_path / "in.npz", ids=value)
+        return tmp_path / "in.npz"
+    from polygraphy.json import save_json
+
+    save_json([{"ids": value}], str(tmp_path / "in.json"))
+    return tmp_path / "in.json"
+
+
+def _with(value, dtype, shape=(2, 3)) -> np.ndarray:
+    """`value` at the last position of an otherwise harmless array of `dtype`."""
+    array = np.ones(shape, dtype)
+    array.flat[-1] = value
+    return array
+
+
+LOSSY = [
+    (TensorProto.INT32, _with(2**32 + 1, np.int64), "4294967297", "int32"),
+    (TensorProto.INT32, _with(-(2**31) - 1, np.int64), "-2147483649", "int32"),
+    (TensorProto.INT32, _with(2**31, np.uint32), "2147483648", "int32"),
+    (TensorProto.INT64, _with(2**63, np.uint64), "9223372036854775808", "int64"),
+    (TensorProto.UINT8, _with(256, np.int64), "256", "uint8"),
+    (TensorProto.UINT8, _with(-1, np.int32), "-1", "uint8"),
+    (TensorProto.INT8, _with(128, np.int16), "128", "int8"),
+    (TensorProto.BOOL, _with(2, np.int64), "2", "bool"),
+    (TensorProto.BOOL, _with(-1, np.int8), "-1", "bool"),
+    (TensorProto.FLOAT, _with(1e39, np.float64), "1e+39", "float32"),
+    (TensorProto.FLOAT, _with(-3.5e38, np.float64), "-3.5e+38", "float32"),
+    (TensorProto.FLOAT16, _with(70000.0, np.float32), "70000.0", "float16"),
+    (TensorProto.FLOAT, _with(1, np.int64), "int64", "float32"),
+    (TensorProto.INT64, _with(1.0, np.float64), "float64", "int64"),
+]
+
+
+@pytest.mark.parametrize("form", ["npz", "json"])
+@pytest.mark.parametrize("elem_type, value, shown, dtype", LOSSY)
+def test_lossy_recorded_inputs_are_refused(save_model, tmp_path, form, elem_type, value, shown,
+                                           dtype):
+    model = load_model(save_model(identity_model(elem_type)))
+    path = _record(tmp_path, value, form)
+    with pytest.raises(InputDataError) as info:
+        make_feeds(model, InputSettings(recorded=path))
+    message = str(info.value)
+    assert message.startswith(f"{path}: input 'ids' "), message
+    assert shown in message and dtype in message and len(message.splitlines()) == 1, message
+
+
+LOSSLESS = [
+    (TensorProto.INT32, np.array([[0, -(2**31), 2**31 - 1], [1, 2, 3]], np.int64)),
+    (TensorProto.INT64, np.array([[0, 2**63 - 1, 7], [1, 2, 3]], np.uint64)),
+    (TensorProto.UINT8, np.array([[0, 255, 7], [1, 2, 3]], np.int64)),
+    (TensorProto.INT64, np.array([[0, 255, 7], [1, 2, 3]], np.uint8)),
+    (TensorProto.BOOL, np.array([[0, 1, 1], [0, 0, 1]], np.int64)),
+    (TensorProto.UINT8, np.array([[False, True, True], [False, False, True]])),
+    (TensorProto.FLOAT, np.array([[np.nan, np.inf, -np.inf], [1e-50, 3.4e38, -0.1]], np.float64)),
+    (TensorProto.FLOAT16, np.array([[65504.0, -65504.0, 1e-9], [1.0, np.nan, 0.1]], np.float32)),
+    (TensorProto.DOUBLE, np.array([[3.4e38, 1.0, 2.0], [1.0, 2.0, 3.0]], np.float32)),
+]
+
+
+@pytest.mark.parametrize("elem_type, value", LOSSLESS)
+def test_lossless_recorded_inputs_are_cast(save_model, tmp_path, elem_type, value):
+    model = load_model(save_model(identity_model(elem_type)))
+    fed = make_feeds(model, InputSettings(recorded=_record(tmp_path, value, "npz")))
+    (feed,) = fed.iterations
+    expected_dtype = model.input("ids").dtype
+    assert feed["ids"].dtype == expected_dtype
+    # Every value survives the cast: back in the recorded dtype it is the recording (floats
+    # within rounding, nan and inf where they were).
+    if value.dtype.kind == "f":
+        np.testing.assert_allclose(feed["ids"].astype(np.float64), value.astype(np.float64),
+                                   rtol=1e-3, atol=1e-7)
+    else:
+        np.testing.assert_array_equal(feed["ids"].astype(value.dtype), value)
+
+
+def test_cli_refuses_lossy_ids_and_feeds_lossless_ones_unchanged(save_model, trtcheck_cli,
+                                                                 tmp_path):
+    from polygraphy.comparator import RunResults
+
+    model = save_model(identity_model(TensorProto.INT32))
+    np.savez(tmp_path / "lossy.npz", ids=_with(2**32 + 1, np.int64))
+    run = trtcheck_cli("compare", model, "--target", "onnxrt", "--inputs", "lossy.npz")
+    assert run.code == 2, (run.code, run.stdout, run.stderr)
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "'ids'" in lines[0] and "4294967297" in lines[0] and "int32" in lines[0], lines[0]
+
+    ids = np.array([[5, -(2**31), 2**31 - 1], [1, 2, 3]], np.int64)
+    np.savez(tmp_path / "ids.npz", ids=ids)
+    run = trtcheck_cli("compare", model, "--target", "onnxrt", "--inputs", "ids.npz",
+                       "--save-outputs", "out.json")
+    assert run.code == 0, (run.code, run.stdout, run.stderr)
+    results = RunResults.load(str(tmp_path / "out.json"))
+    for _, iterations in results.items():
+        np.testing.assert_array_equal(iterations[0]["ids_out"], ids.astype(np.int32))

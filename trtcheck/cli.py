@@ -69,11 +69,7 @@ def _named_numbers(flag: str, items: list[str] | None, *, lower: float = 0.0,
             raise UsageError(
                 f"{flag} {item}: '{text}' is not a number; write {flag} 1e-3 or {flag} OUTPUT:1e-3"
             ) from None
-        if lower >= 0:
-            check_tolerance_value(f"{flag} {item}", value)
-        if not (lower <= value <= upper):
-            raise UsageError(f"{flag} {item}: must be between {lower:g} and {upper:g}")
-        values[name] = value
+        values[name] = check_tolerance_value(f"{flag} {item}", value, lower, upper)
     return values
 
 
@@ -110,19 +106,25 @@ def _ranges(items: list[str] | None) -> tuple[dict[str, ValueRange], ValueRange 
     return named, every_float
 
 
+def _tolerance(text: str) -> float:
+    try:
+        return check_tolerance_value(text, float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number; write e.g. 1e-3") from None
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _memory_size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     stripped = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = stripped[-1:] if stripped[-1:] in units and stripped[-1:] else ""
     number = stripped[:-1] if unit else stripped
     try:
-        value = float(number) * units[unit]
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 16 * (1 << 20):
+        return int(check_tolerance_value(text, float(number) * units[unit], 16 * (1 << 20)))
+    except (ValueError, UsageError):
         raise argparse.ArgumentTypeError(
-            f"'{text}' is not a memory size of at least 16M; write it like 512M or 2G")
-    return int(value)
+            f"'{text}' is not a memory size of at least 16M; write it like 512M or 2G") from None
 
 
 def _seed(text: str) -> int:
@@ -175,7 +177,7 @@ def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--passes", nargs="+", metavar="PASS",
                         help=f"passes to run, in pipeline order (default all): "
                              f"{', '.join(PASSES)}")
-    parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
+    parser.add_argument("--rtol", type=_tolerance, default=DEFAULT_RTOL,
                         help="largest output change a pass may make, relative to the output's "
                              f"largest magnitude (default {DEFAULT_RTOL:g})")
     parser.add_argument("--static", action="store_true",

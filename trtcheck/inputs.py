@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,11 @@ Feed = dict[str, np.ndarray]
 ValueRange = tuple[float, float]
 
 DEFAULT_SEED = 1
+# numpy's legacy seeding (Polygraphy's DataLoader) takes 0 to 2**32-1.
+MAX_SEED = 2**32 - 1
+# Synthetic data is generated as float64 before the cast; beyond this share of the machine's
+# memory the generation would fail (or swap) rather than say which shape was too large.
+_MEMORY_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -137,6 +144,43 @@ def _static_shape(info: InputInfo, given: tuple[int, ...] | None, model: LoadedM
     return given
 
 
+def _machine_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_generable(info: InputInfo, shape: tuple[int, ...], value_range: ValueRange,
+                     model: LoadedModel) -> None:
+    """Raises for inputs that cannot be generated: strings, ranges beyond the dtype, huge shapes."""
+    dtype = info.dtype
+    if dtype.kind not in "biuf":
+        raise InputDataError(
+            f"input '{info.name}' of {model.path.name} has type {dtype} (not a number); trtcheck "
+            "generates numeric inputs only, and TensorRT takes no string inputs")
+    low, high = value_range
+    if dtype.kind in "iu":
+        info_int = np.iinfo(dtype)
+        if int(low) < info_int.min or int(high) > info_int.max:
+            raise UsageError(
+                f"value range [{low:g}, {high:g}] for input '{info.name}' does not fit its type "
+                f"{dtype} ({info_int.min} to {info_int.max}); give a range inside it")
+    elif dtype.kind == "f":
+        largest = float(np.finfo(dtype).max)
+        if max(abs(low), abs(high)) > largest or not np.isfinite(high - low):
+            raise UsageError(
+                f"value range [{low:g}, {high:g}] for input '{info.name}' is beyond {dtype} "
+                f"(largest {largest:g}) and would give inf; give a range inside it")
+    needed = 8 * int(np.prod(shape, dtype=object)) if shape else 8
+    memory = _machine_memory()
+    if memory is not None and needed > _MEMORY_SHARE * memory:
+        raise InputDataError(
+            f"input '{info.name}' of shape {'x'.join(map(str, shape))} needs {needed / 2**30:.3g} "
+            f"GiB to generate, more than this machine can hold ({memory / 2**30:.3g} GiB of "
+            "memory); give smaller --input-shapes")
+
+
 def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
     # Imported here: Polygraphy's import is slow and only this path needs its DataLoader.
     from polygraphy.common import TensorMetadata
@@ -144,6 +188,9 @@ def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
 
     _check_names(model, list(settings.shapes), "--input-shapes")
     _check_names(model, list(settings.ranges), "--val-range")
+    if not 0 <= settings.seed <= MAX_SEED:
+        raise UsageError(f"seed {settings.seed} is out of range; a seed is between 0 and "
+                         f"{MAX_SEED} (2**32-1)")
     metadata = TensorMetadata()
     ranges: dict[str, ValueRange] = {}
     described = []
@@ -162,6 +209,7 @@ def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
                 f"value range {list(value_range)} for integer input '{info.name}' is fractional; "
                 "give whole numbers"
             )
+        _check_generable(info, shape, value_range, model)
         ranges[info.name] = value_range
         described.append(
             InputDescription(info.name, str(info.dtype), shape, value_range, "synthetic")
@@ -178,7 +226,7 @@ def _read_recorded(path: Path) -> list[Feed]:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 return [{name: archive[name] for name in archive.files}]
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
             raise InputDataError(f"{path}: not a readable .npz file ({err}); re-save it") from err
     if path.suffix == ".json":
         from polygraphy.exception import PolygraphyException
@@ -200,6 +248,45 @@ def _read_recorded(path: Path) -> list[Feed]:
     raise InputDataError(f"{path}: unknown inputs format '{path.suffix}'; use .npz or .json")
 
 
+def convert_losslessly(value: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`value` as `dtype` if the cast loses nothing, else `InputDataError` naming a lost value.
+
+    float64 -> float32 or int32 -> int64 is a recording detail, so such casts are made when every
+    value survives: integers within the target's range, 0 and 1 for a bool, floats that stay
+    finite (rounding is fine; overflow to inf is not; nan or inf already recorded stay). An
+    integer for a float input, or the reverse, is a wrong recording. `what` names the input.
+    """
+    if value.dtype == dtype:
+        return value
+    source, target = value.dtype.kind, dtype.kind
+    if not (source == target == "f" or (source in "iub" and target in "iub")):
+        raise InputDataError(f"{what} is {value.dtype} but the model takes {dtype}; "
+                             f"record it as {dtype}")
+    if target == "b":
+        lost = (value != 0) & (value != 1)
+        if lost.any():
+            raise InputDataError(f"{what} holds {value[lost].flat[0].item()} ({value.dtype}), "
+                                 f"which bool cannot hold (only 0 and 1); record it as bool")
+    elif target in "iu" and source in "iu" and value.size:
+        limits = np.iinfo(dtype)
+        low, high = value.min().item(), value.max().item()
+        if low < limits.min or high > limits.max:
+            raise InputDataError(
+                f"{what} holds {low if low < limits.min else high} ({value.dtype}), outside "
+                f"{dtype}'s range [{limits.min}, {limits.max}]; record values the model can "
+                f"take, as {dtype}")
+    with np.errstate(over="ignore"):
+        cast = value.astype(dtype)
+    if target == "f":
+        overflowed = np.isfinite(value) & ~np.isfinite(cast)
+        if overflowed.any():
+            raise InputDataError(
+                f"{what} holds {value[overflowed].flat[0].item()!r} ({value.dtype}), which "
+                f"becomes inf as {dtype} (largest {np.finfo(dtype).max.item():g}); record "
+                f"values within {dtype}'s range")
+    return cast
+
+
 def _recorded(model: LoadedModel, path: Path) -> Feeds:
     iterations = _read_recorded(path)
     checked: list[Feed] = []
@@ -214,18 +301,8 @@ def _recorded(model: LoadedModel, path: Path) -> Feeds:
         for info in model.inputs:
             value = feed[info.name]
             _static_shape(info, tuple(value.shape), model)
-            if value.dtype != info.dtype:
-                # float64 -> float32 or int32 -> int64 is a recording detail; int for a float
-                # input (or the reverse) is a wrong recording.
-                same_kind = {value.dtype.kind, info.dtype.kind} <= {"i", "u"} or (
-                    value.dtype.kind == info.dtype.kind)
-                if not same_kind:
-                    raise InputDataError(
-                        f"{path}: input '{info.name}' is {value.dtype} but the model takes "
-                        f"{info.dtype}; record it as {info.dtype}"
-                    )
-                value = value.astype(info.dtype)
-            ready[info.name] = value
+            ready[info.name] = convert_losslessly(value, np.dtype(info.dtype),
+                                                  f"{path}: input '{info.name}'")
         checked.append(ready)
     first = checked[0]
     described = tuple(
