@@ -176,6 +176,11 @@ def _child_main(sender: Connection, func: Callable[..., Any], args: tuple) -> No
     # pytest's faulthandler, inherited, would print a Python stack for a crash that the parent
     # reports in one line; --in-process shows it where it helps.
     faulthandler.disable()
+    # Fresh stream objects on the same descriptors: the inherited ones (a rich live display's
+    # proxies, buffered writers) may have been locked by another thread at the fork, and the
+    # backend's own log (Polygraphy's, with --verbose) must not wait on a lock nobody releases.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives until _exit
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     try:
         message: tuple[str, Any] = ("ok", func(*args))
     except TrtcheckError as err:
@@ -190,6 +195,9 @@ def _child_main(sender: Connection, func: Callable[..., Any], args: tuple) -> No
         _send(sender, ("error", BackendRunError(f"could not return the result: {err}")))
     finally:
         sender.close()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
         # No atexit handlers, no flushing of buffers inherited from the parent.
         os._exit(0)
 
