@@ -12,6 +12,8 @@ export TRTCHECK_CACHE ?= $(CURDIR)/.cache/trtcheck
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# Venvs made before the project took the name onnx-trtcheck have it installed as `trtcheck`.
+	$(PY) -m pip uninstall --quiet --yes trtcheck
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 

@@ -25,12 +25,13 @@ from typing import Any
 
 import onnx
 
+from trtcheck.distribution import install_command
 from trtcheck.errors import BackendUnavailableError, UsageError
 from trtcheck.model import LoadedModel
 from trtcheck.precision import PrecisionPlan, convert, emulate
 
 TRT_INSTALL_HINT = (
-    "install it on a machine with an NVIDIA GPU with `pip install 'trtcheck[trt]'`, "
+    f"install it on a machine with an NVIDIA GPU with `{install_command('trt')}`, "
     "or pick an emulated target such as --target onnxrt-fp16"
 )
 

@@ -261,9 +261,24 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="show Polygraphy's log and tracebacks")
 
 
+class _VersionAction(argparse.Action):
+    """`--version`, computed only when asked for (argparse's own takes a ready string)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> NoReturn:
+        from trtcheck.distribution import version_text
+
+        print(version_text())
+        parser.exit(EXIT_PASS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="trtcheck", description="Check that a TensorRT target computes what "
                      "an ONNX model computes, against ONNX Runtime.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print this project's version and those of its libraries")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     compare = commands.add_parser(
         "compare", help="run a reference and a target on the same inputs and compare outputs",
