@@ -110,6 +110,30 @@ def test_url_hash_mismatch_discards_the_download(cache, server, model_bytes):
     assert files_in(cache) == []  # no partial download, no lock file
 
 
+def test_url_cut_short(cache, monkeypatch):
+    """A server that closes the connection before the promised length: one line, nothing kept."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        connection.recv(4096)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nonly this")
+        connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/m.onnx"
+    with pytest.raises(ModelError, match=f"^{url}: the download stopped 991 bytes short"):
+        resolve(ModelSource("url", url, sha256="1" * 64, text="url"))
+    thread.join(10)
+    listener.close()
+    assert files_in(cache) == []
+
+
 def test_url_that_fails(cache, server):
     base, _ = server
     with pytest.raises(ModelError, match="download failed"):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.client
 import importlib.util
 import os
 import re
@@ -120,8 +121,13 @@ def _download_url(url: str, partial: Path) -> None:
     try:
         with urllib.request.urlopen(url, timeout=120) as response, open(partial, "wb") as out:
             _copy_bounded(response, out, MAX_MODEL_BYTES, url)
-    except OSError as err:
-        raise ModelError(f"{url}: download failed ({err}); check the URL and the network") from err
+            missing = getattr(response, "length", None)  # what Content-Length promised, unread
+            if missing:
+                raise ModelError(f"{url}: the download stopped {missing} bytes short; check the "
+                                 "network and try again")
+    except (OSError, http.client.HTTPException) as err:
+        raise ModelError(f"{url}: download failed ({err}); check the URL and the network"
+                         ) from err
 
 
 def _pip_error(stderr: str) -> str:
