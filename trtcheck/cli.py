@@ -319,7 +319,40 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("--strict", action="store_true", help="warnings fail too")
     lint.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
     lint.add_argument("--verbose", action="store_true", help="show tracebacks")
+    _add_report_parser(commands)
     return parser
+
+
+def _add_report_parser(commands: Any) -> None:
+    report = commands.add_parser("report", help="work with the reports of pytest runs")
+    actions = report.add_subparsers(dest="report_command", metavar="merge", required=True,
+                                    parser_class=_Parser)
+    merge = actions.add_parser(
+        "merge", help="merge the artifacts folders of CI jobs that split a suite (pytest-split) "
+                      "into one HTML report, one Markdown summary and one JUnit file",
+        description="Exit codes: 0 every item passed (or was skipped or expected to fail), 1 "
+                    "failures or errors, 2 a folder is not a finished job's artifacts folder or "
+                    "a job of the split is missing.")
+    merge.add_argument("folders", type=Path, nargs="+", metavar="DIR",
+                       help="each job's --trtcheck-artifacts folder (with its summary.json)")
+    merge.add_argument("-o", "--output", type=Path, default=Path("trtcheck-merged"),
+                       metavar="OUT", help="folder for summary.json, summary.md, report.html "
+                                           "and junit.xml (default: trtcheck-merged)")
+    merge.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from trtcheck.report.merge import merge
+    from trtcheck.report.run_summary import count_line, tensorrt_warning
+
+    summary, written = merge(args.folders, args.output)
+    print(f"trtcheck: {summary.jobs} jobs: {count_line(summary.counts())}")
+    warning = tensorrt_warning(summary)
+    if warning:
+        print(f"trtcheck: {warning}")
+    for path in written:
+        print(f"trtcheck: wrote {path}")
+    return EXIT_PASS if summary.passed else EXIT_MISMATCH
 
 
 def _tolerance_values(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -536,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
                 "fix": run_fix, "lint": run_lint}
     try:
+        if args.command == "report":
+            return run_report(args)
         check_outputs(args)
         return commands[args.command](args)
     except TrtcheckError as err:

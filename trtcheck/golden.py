@@ -1,4 +1,7 @@
-"""Golden reference outputs: `golden/<suite>/<case>.npz` plus a small `.json` of metadata.
+"""Golden reference outputs: `golden/<suite key>/<case>.npz` plus a small `.json` of metadata.
+
+The suite key is the suite file's path relative to pytest's rootdir without `.suite.toml`
+(`suites/models`), or its declared `[suite] name`: two suite files never share goldens.
 
 A golden catches drift in the model or the reference runtime: the reference's outputs today are
 compared with the ones recorded. Goldens are never written implicitly: a missing golden fails
@@ -29,11 +32,18 @@ CHECK, UPDATE, UPDATE_NEW = "check", "update", "update-new"
 class GoldenPaths:
     arrays: Path
     metadata: Path
+    # `<suite key>/<case>`: where the case's `.obtained.npz` goes in an artifacts folder.
+    key: str = ""
 
     @classmethod
     def for_case(cls, golden_dir: Path, suite: str, case: str) -> GoldenPaths:
+        """The golden files of `case`; `suite` is a suite key, checked to stay inside the folder."""
+        check_suite_key(suite)
         folder = golden_dir / suite
-        return cls(folder / f"{case}.npz", folder / f"{case}.json")
+        return cls(folder / f"{case}.npz", folder / f"{case}.json", f"{suite}/{case}")
+
+    def obtained(self, artifacts: Path) -> Path:
+        return artifacts / f"{self.key or self.arrays.stem}.obtained.npz"
 
     def exists(self) -> bool:
         return self.arrays.is_file() and self.metadata.is_file()
@@ -46,6 +56,17 @@ class GoldenCheck:
     status: str
     message: str
     diffs: tuple[OutputDiff, ...] = ()
+
+
+def check_suite_key(key: str) -> str:
+    """`key` if it is a relative '/'-separated path of plain parts, else ValueError.
+
+    Suite keys become folders under the golden and artifacts folders; this keeps every one of
+    them inside (no absolute path, no '.' or '..', no empty part, no backslash).
+    """
+    if not key or "\\" in key or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"suite key {key!r} is not a relative path of plain names")
+    return key
 
 
 def _metadata_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -110,8 +131,7 @@ def check(paths: GoldenPaths, obtained: dict[str, np.ndarray], metadata: dict[st
         result_diffs = ()
     obtained_note = ""
     if artifacts is not None:
-        obtained_path = artifacts / paths.arrays.parent.name / (
-            paths.arrays.stem + ".obtained.npz")
+        obtained_path = paths.obtained(artifacts)
         write_npz(obtained_path, obtained)
         obtained_note = f"; obtained outputs in {obtained_path}"
     return GoldenCheck("fail", f"{problem}{obtained_note}; if the change is intended, update "

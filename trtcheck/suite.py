@@ -40,7 +40,7 @@ _INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
                      "min_snr"}
 _TOLERANCE_KEYS = _TOLERANCE_FIELDS | {"outputs", "measured"}
-_EXPECTED_FAILURE_KEYS = {"reason", "targets", "precisions"}
+_EXPECTED_FAILURE_KEYS = {"reason", "targets", "precisions", "outputs"}
 _GOLDEN_KEYS = {"atol", "rtol"}
 _MODEL_SCHEMES = ("pypi:", "package:", "https://", "http://")
 # NAME==VERSION and nothing else: no pip option (a leading '-'), no URL or path requirement.
@@ -98,6 +98,8 @@ class ExpectedFailure:
     reason: str
     targets: frozenset[str] | None = None
     precisions: frozenset[str] | None = None
+    # The outputs allowed to mismatch; None: any. Another output failing is a real failure.
+    outputs: frozenset[str] | None = None
 
     def applies_to(self, target: TargetSpec) -> bool:
         return (self.targets is None or target.name in self.targets) and (
@@ -167,6 +169,8 @@ class Suite:
     targets: dict[str, TargetSpec]
     cases: tuple[Case, ...]
     description: str = ""
+    # True when `[suite] name` is written: goldens are then keyed by the name, not the path.
+    named: bool = False
 
 
 class _Where:
@@ -492,7 +496,11 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
             if "precisions" in item:
                 precisions = frozenset(_string_list(item["precisions"], at,
                                                     "expected_failure.precisions"))
-            expected.append(ExpectedFailure(reason, xf_targets, precisions))
+            xf_outputs = None
+            if "outputs" in item:
+                xf_outputs = frozenset(_string_list(item["outputs"], at,
+                                                    "expected_failure.outputs"))
+            expected.append(ExpectedFailure(reason, xf_targets, precisions, xf_outputs))
         golden = _expect(raw.get("golden", {}), dict, at, "golden")
         _unknown_keys(golden, _GOLDEN_KEYS, f"{at}: [case.golden]")
         return Case(
@@ -575,7 +583,7 @@ def load_suite(path: Path) -> Suite:
             raise SuiteError(f"{where.at(case.line)}: case name '{case.name}' is used twice; "
                              "case names must be unique in a suite")
         seen.add(case.name)
-    return Suite(path=path, name=name, targets=targets, cases=cases,
+    return Suite(path=path, name=name, targets=targets, cases=cases, named="name" in suite_table,
                  description=_expect(suite_table.get("description", ""), str,
                                      _suite_key_at(where, suite_line, "description"),
                                      "suite.description"))

@@ -27,6 +27,7 @@ pre{background:#f6f8fa;padding:8px;font-size:12px;white-space:pre-wrap;word-brea
 .plots{display:flex;flex-wrap:wrap;gap:8px} .plots svg{width:520px;height:auto}
 .box{border-left:4px solid #c62828;padding:4px 12px;background:#fff5f5;margin:8px 0}
 .ok{border-left-color:#1a7f37;background:#f3fbf5}
+.warn{border-left-color:#b26a00;background:#fff8e1;font-size:16px}
 """
 
 
@@ -152,29 +153,42 @@ def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str
     ])
 
 
-def render(items: list[tuple[str, dict[str, Any], dict[str, Any]]], title: str) -> str:
-    """A page for `items`: (title, compare document, extra: golden/notes/pytest_command)."""
+def render(items: list[tuple[str, dict[str, Any], dict[str, Any]]], title: str,
+           overview: str | None = None) -> str:
+    """A page for `items`: (title, compare document, extra: golden/notes/pytest_command).
+
+    `overview` (HTML) replaces the counts drawn from the documents: a pytest run passes the
+    counts pytest made (`run_summary.html_overview`), which include items without a document.
+    """
     order = {"error": 0, "fail": 1, "pass": 2}
     items = sorted(items, key=lambda item: (order.get(item[1]["verdict"], 3), item[0]))
     counts = {verdict: sum(1 for _, d, _ in items if d["verdict"] == verdict)
               for verdict in ("fail", "error", "pass")}
     summary_rows = []
-    for name, document, _ in items:
+    for name, document, extra in items:
         failing = [o["name"] for o in document["outputs"] if not o["passed"]]
         target = (document.get("config") or {}).get("target", {}).get("backend", "-")
         culprit = (document.get("bisect") or {}).get("culprit", {}).get("node", "")
-        summary_rows.append([f'<a href="#{_e(name)}">{_e(name)}</a>', _e(target),
-                             _verdict(document["verdict"]), _e(", ".join(failing) or "-"),
-                             _e(culprit or "-")])
-    summary = _table(["item", "target", "verdict", "failing outputs", "culprit"], summary_rows,
-                     left=2)
-    versions = items[0][1]["versions"] if items else {}
+        row = [f'<a href="#{_e(name)}">{_e(name)}</a>', _e(target),
+               _verdict(document["verdict"]), _e(", ".join(failing) or "-"), _e(culprit or "-")]
+        if overview is not None:  # what pytest made of it: xfailed, error, crash, ...
+            row.insert(3, _e(extra.get("outcome", "-")))
+        summary_rows.append(row)
+    headers = ["item", "target", "verdict", "failing outputs", "culprit"]
+    if overview is not None:
+        headers.insert(3, "pytest")
+    summary = _table(headers, summary_rows, left=2)
+    versions: dict[str, Any] = next((d["versions"] for _, d, _ in items if d.get("versions")),
+                                    {})
     return "".join([
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
-        f'<p class="muted">{counts["fail"]} failed, {counts["error"]} error(s), '
-        f'{counts["pass"]} passed &middot; trtcheck {_e(versions.get("trtcheck"))}, '
+        overview or "",
+        '<p class="muted">' + ("" if overview is not None else
+                                f'{counts["fail"]} failed, {counts["error"]} error(s), '
+                                f'{counts["pass"]} passed &middot; ') +
+        f'trtcheck {_e(versions.get("trtcheck"))}, '
         f'polygraphy {_e(versions.get("polygraphy"))}, onnxruntime '
         f'{_e(versions.get("onnxruntime"))}, TensorRT {_e(versions.get("tensorrt") or "absent")}'
         "</p>", summary,

@@ -1,0 +1,211 @@
+"""The run's reports count what pytest counted; expected failures cover only mismatches.
+
+Each test runs pytest inside pytest (`pytester`) on real small models from zoo/build.py, then
+reads the summary the plugin wrote and compares it with pytest's own outcome line.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ElementTree
+
+import onnx
+import pytest
+
+from trtcheck.backends import tensorrt_usable
+from zoo.build import cnn, two_heads
+
+pytest_plugins = ["pytester"]
+
+needs_no_tensorrt = pytest.mark.skipif(
+    tensorrt_usable(), reason="TensorRT is installed here; these count skipped TensorRT items")
+
+# passes, fails numerically, is an expected failure, cannot be loaded, hangs past its timeout;
+# every case also has a TensorRT target, which skips here.
+SUITE = """
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[targets.trt-fp16]
+backend = "trt-fp16"
+
+[[case]]
+name = "good"
+model = "cnn.onnx"
+
+[case.tolerance_by_target.fp16]
+atol = 0.01
+rtol = 0.0
+
+[[case]]
+name = "tight"
+model = "cnn.onnx"
+targets = ["fp16"]
+
+[case.tolerance]
+atol = 1e-9
+rtol = 0.0
+
+[[case]]
+name = "heads"
+model = "heads.onnx"
+
+[[case.expected_failure]]
+precisions = ["fp16"]
+reason = "energy overflows fp16"
+
+[[case]]
+name = "truncated"
+model = "truncated.onnx"
+targets = ["fp16"]
+
+[[case]]
+name = "hang"
+model = "cnn.onnx"
+targets = ["fp16"]
+timeout = 0.001
+"""
+
+
+@pytest.fixture
+def project(pytester):
+    onnx.save(cnn(seed=3), str(pytester.path / "cnn.onnx"))
+    onnx.save(two_heads(), str(pytester.path / "heads.onnx"))
+    whole = (pytester.path / "cnn.onnx").read_bytes()
+    (pytester.path / "truncated.onnx").write_bytes(whole[: len(whole) // 2])
+    pytester.makefile(".suite.toml", demo=SUITE)
+    pytester.makeini("[pytest]\n")
+    # Goldens for the cases whose reference runs; the truncated and hanging ones have none.
+    pytester.runpytest("--trtcheck-update-golden-new-only", "-k", "good or tight or heads")
+    return pytester
+
+
+def summary_of(pytester) -> dict:
+    return json.loads((pytester.path / "artifacts" / "trtcheck" / "summary.json").read_text())
+
+
+def pytest_counts(result) -> dict[str, int]:
+    outcomes = result.parseoutcomes()
+    outcomes.pop("warnings", None)
+    return outcomes
+
+
+@needs_no_tensorrt
+def test_summary_counts_are_pytests_counts(project, tmp_path):
+    markdown = tmp_path / "summary.md"
+    result = project.runpytest(f"--trtcheck-summary={markdown}")
+    result.assert_outcomes(passed=1, failed=1, xfailed=1, errors=2, skipped=2)
+    summary = summary_of(project)
+    counts = summary["counts"]
+    assert {k: v for k, v in counts.items() if v and k in pytest_counts(result)} == \
+        pytest_counts(result)
+    assert counts["crashes"] == 1 and counts["unexpected_passes"] == 0
+    assert summary["tensorrt_not_checked"] == 2
+    assert summary["exit_status"] == result.ret == pytest.ExitCode.TESTS_FAILED
+    crash = next(e for e in summary["entries"] if e["nodeid"].endswith("hang[fp16]"))
+    assert crash["category"] == "error" and crash["crash"] and "timed out" in crash["message"]
+    xfail = next(e for e in summary["entries"] if e["category"] == "xfailed")
+    assert xfail["reason"] == "energy overflows fp16"
+
+    text = markdown.read_text()
+    assert "**TensorRT was not checked: 2 TensorRT items skipped" in text
+    assert ("**FAILED**: 1 failed, 2 errors (1 crash), 0 xpassed, 1 passed, 1 xfailed, "
+            "2 skipped, 0 deselected") in text
+    assert "- 1 × energy overflows fp16" in text
+    assert "- 2 × trt-fp16 needs TensorRT" in text
+    assert "<code>demo.suite.toml::truncated[fp16]</code>: error" in text
+    assert "<code>demo.suite.toml::hang[fp16]</code>: crash" in text
+
+    page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
+    assert "TensorRT was not checked: 2 TensorRT items skipped" in page
+    assert "1 failed, 2 errors (1 crash)" in page and "energy overflows fp16" in page
+    result.stdout.fnmatch_lines(["trtcheck: TensorRT was not checked: 2 TensorRT items skipped*"])
+
+
+def test_truncated_model_declared_as_expected_failure_stays_an_error(project):
+    suite = project.path / "demo.suite.toml"
+    suite.write_text(SUITE.replace('model = "truncated.onnx"\ntargets = ["fp16"]\n',
+                                   'model = "truncated.onnx"\ntargets = ["fp16"]\n\n'
+                                   '[[case.expected_failure]]\nreason = "known broken"\n'))
+    result = project.runpytest("-k", "truncated")
+    result.assert_outcomes(errors=1, deselected=6)
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*demo.suite.toml::truncated[[]fp16[]]: *truncated.onnx*"])
+    assert "Traceback" not in result.stdout.str()
+    assert summary_of(project)["counts"]["xfailed"] == 0
+
+
+def test_expected_failure_covers_only_the_outputs_it_names(project):
+    suite = project.path / "demo.suite.toml"
+    declared = SUITE.replace('reason = "energy overflows fp16"',
+                             'reason = "energy overflows fp16"\noutputs = ["energy"]')
+    suite.write_text(declared)
+    selected = ("-k", "heads", "-m", "not tensorrt")
+    project.runpytest(*selected).assert_outcomes(xfailed=1, deselected=6)
+    # Declaring another output: energy's failure is not covered, so the item fails.
+    suite.write_text(declared.replace('outputs = ["energy"]', 'outputs = ["scores"]'))
+    result = project.runpytest(*selected)
+    result.assert_outcomes(failed=1, deselected=6)
+    result.stdout.fnmatch_lines(["*expected failure 'energy overflows fp16' covers outputs "
+                                 "scores; energy fail(s) too*"])
+
+
+def test_report_is_rewritten_when_every_item_errors_or_none_is_selected(project):
+    selected = ("-k", "good", "-m", "not tensorrt")
+    project.runpytest(*selected).assert_outcomes(passed=1, deselected=6)
+    assert summary_of(project)["counts"]["passed"] == 1
+    (project.path / "cnn.onnx").write_bytes(b"not a model")
+    errored = project.runpytest(*selected)
+    errored.assert_outcomes(errors=1, deselected=6)
+    assert summary_of(project)["counts"]["errors"] == 1
+    assert summary_of(project)["counts"]["passed"] == 0
+    page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
+    assert "FAILED" in page and "cnn.onnx" in page
+    none = project.runpytest("-k", "no_such_case")
+    assert none.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+    counts = summary_of(project)["counts"]
+    assert counts["deselected"] == 7 and counts["errors"] == counts["passed"] == 0
+
+
+def _junit_names(path) -> set[str]:
+    return {case.get("name") for case in ElementTree.parse(path).iter("testcase")}
+
+
+@needs_no_tensorrt
+def test_split_jobs_merge_into_the_counts_of_one_run(project, trtcheck_cli, tmp_path):
+    whole = project.runpytest()
+    expected = pytest_counts(whole)
+    folders = []
+    for group in (1, 2):
+        folder = project.path / f"job{group}"
+        project.runpytest("--splits", "2", "--group", str(group),
+                          f"--trtcheck-artifacts={folder}", f"--junitxml={folder}/junit.xml")
+        folders.append(folder)
+    parts = [summary_of_folder(folder) for folder in folders]
+    assert all(part["counts"]["passed"] + part["counts"]["errors"] < sum(expected.values())
+               for part in parts), "each job ran a share"
+
+    merged = trtcheck_cli("report", "merge", *folders, "-o", tmp_path / "merged")
+    assert merged.code == 1, merged.stderr  # the run has failures
+    summary = summary_of_folder(tmp_path / "merged")
+    assert {k: v for k, v in summary["counts"].items() if v and k in expected} == expected
+    assert summary["jobs"] == 2 and summary["tensorrt_not_checked"] == 2
+    assert _junit_names(tmp_path / "merged" / "junit.xml") == _junit_names(
+        folders[0] / "junit.xml") | _junit_names(folders[1] / "junit.xml")
+    assert len(_junit_names(tmp_path / "merged" / "junit.xml")) == 7
+    assert "over 2 jobs" in (tmp_path / "merged" / "summary.md").read_text()
+    page = (tmp_path / "merged" / "report.html").read_text()
+    assert "demo.suite.toml::good[fp16]" in page and "TensorRT was not checked" in page
+
+    # A job that left nothing is an error, not a smaller run.
+    partial = trtcheck_cli("report", "merge", folders[0], "-o", tmp_path / "partial")
+    assert partial.code == 2
+    assert partial.stderr.strip().splitlines() == [
+        "trtcheck: error: --splits 2: group(s) 2 missing; give each job's artifacts folder "
+        "once (a job that did not finish left no summary.json)"]
+    empty = trtcheck_cli("report", "merge", tmp_path, "-o", tmp_path / "x")
+    assert empty.code == 2 and "summary.json: missing" in empty.stderr
+
+
+def summary_of_folder(folder) -> dict:
+    return json.loads((folder / "summary.json").read_text())
