@@ -47,6 +47,7 @@ T = TypeVar("T")
 # Long enough for a TensorRT engine build of a large model with fp16 tactics; a hang is caught
 # within this time, a legitimately slow run needs --timeout (or `timeout` in the suite).
 DEFAULT_TIMEOUT = 1800.0
+_LONGEST_WAIT = 86400.0
 
 
 class BackendCrashError(BackendRunError):
@@ -119,7 +120,10 @@ def _call_in_child(func: Callable[..., T], args: tuple, what: str, timeout: floa
     sender.close()
     deadline = time.monotonic() + timeout
     try:
-        ready = wait([receiver, child.sentinel], timeout)
+        ready: list = []
+        # poll() takes at most 2**31-1 ms (about 24 days); a longer --timeout waits in steps.
+        while not ready and (remaining := deadline - time.monotonic()) > 0:
+            ready = wait([receiver, child.sentinel], min(remaining, _LONGEST_WAIT))
         if receiver in ready:
             try:
                 status, payload = _receive(receiver)
