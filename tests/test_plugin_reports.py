@@ -209,3 +209,95 @@ def test_split_jobs_merge_into_the_counts_of_one_run(project, trtcheck_cli, tmp_
 
 def summary_of_folder(folder) -> dict:
     return json.loads((folder / "summary.json").read_text())
+
+
+# --- where goldens and reports go ---------------------------------------------------------------
+
+FOLDER_SUITE = """
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[[case]]
+name = "cnn"
+model = "cnn.onnx"
+
+[case.tolerance]
+atol = 0.01
+rtol = 0.0
+"""
+
+
+@pytest.fixture
+def two_folders(pytester):
+    """Two `models.suite.toml` in different folders, with different models under one case name."""
+    for folder, seed in (("a", 3), ("b", 4)):
+        (pytester.path / folder).mkdir()
+        onnx.save(cnn(seed=seed), str(pytester.path / folder / "cnn.onnx"))
+        (pytester.path / folder / "models.suite.toml").write_text(FOLDER_SUITE)
+    pytester.makeini("[pytest]\n")
+    return pytester
+
+
+def test_same_file_name_in_two_folders_never_shares_goldens(two_folders):
+    root = two_folders.path
+    two_folders.runpytest("--trtcheck-update-golden-new-only").assert_outcomes(failed=2)
+    golden_a, golden_b = root / "golden" / "a" / "models", root / "golden" / "b" / "models"
+    assert (golden_a / "cnn.npz").is_file() and (golden_b / "cnn.npz").is_file()
+    two_folders.runpytest().assert_outcomes(passed=2)
+    assert (root / "artifacts" / "trtcheck" / "a" / "models" / "cnn" / "fp16.json").is_file()
+    assert (root / "artifacts" / "trtcheck" / "b" / "models" / "cnn" / "fp16.json").is_file()
+    # Updating one suite's goldens leaves the other's alone.
+    before = (golden_b / "cnn.npz").read_bytes()
+    two_folders.runpytest("a", "--trtcheck-update-golden").assert_outcomes(failed=1)
+    assert (golden_b / "cnn.npz").read_bytes() == before
+    two_folders.runpytest().assert_outcomes(passed=2)
+
+
+def test_one_declared_name_for_two_suites_is_an_error(two_folders):
+    for folder in ("a", "b"):
+        path = two_folders.path / folder / "models.suite.toml"
+        path.write_text('[suite]\nname = "models"\n' + FOLDER_SUITE)
+    result = two_folders.runpytest("--trtcheck-update-golden-new-only")
+    result.assert_outcomes(failed=1, errors=1)
+    result.stdout.fnmatch_lines([
+        f"*{two_folders.path / 'b' / 'models.suite.toml'}: its goldens would be "
+        f"{two_folders.path / 'golden' / 'models'}, which {two_folders.path / 'a'}"
+        "*models.suite.toml already uses (key 'models', from [[]suite[]] name = \"models\"); "
+        "give one of them another [[]suite[]] name"])
+    assert (two_folders.path / "golden" / "models" / "cnn.npz").is_file()
+
+
+def test_golden_dir_ini_and_any_working_directory(two_folders, monkeypatch):
+    root = two_folders.path
+    two_folders.makeini("[pytest]\ntrtcheck_golden_dir = refs/onnx\n"
+                        "trtcheck_artifacts_dir = out\n")
+    two_folders.runpytest("--trtcheck-update-golden-new-only").assert_outcomes(failed=2)
+    assert (root / "refs" / "onnx" / "a" / "models" / "cnn.npz").is_file()
+    assert not (root / "golden").exists()
+    # From a subfolder (pytest finds the ini above it): the same goldens, the same reports.
+    monkeypatch.chdir(root / "b")
+    result = two_folders.runpytest("models.suite.toml")
+    result.assert_outcomes(passed=1)
+    assert (root / "out" / "summary.json").is_file() and not (root / "b" / "out").exists()
+    assert not (root / "b" / "refs").exists()
+
+
+def test_summary_file_with_a_space_cannot_move_the_rootdir(two_folders, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("runner") / "step_summary"
+    elsewhere.write_text("")  # like $GITHUB_STEP_SUMMARY: it exists before the step
+    spaced = two_folders.runpytest("--trtcheck-summary", str(elsewhere))
+    assert spaced.ret == pytest.ExitCode.USAGE_ERROR
+    spaced.stderr.fnmatch_lines([
+        f"ERROR: --trtcheck-summary {elsewhere}: pytest read {elsewhere} as a test path when "
+        f"it chose its rootdir (* instead of {two_folders.path}), since it reads its own "
+        f"options before trtcheck's; write --trtcheck-summary={elsewhere}"])
+    assert elsewhere.read_text() == ""
+    two_folders.runpytest("--trtcheck-update-golden-new-only")
+    joined = two_folders.runpytest(f"--trtcheck-summary={elsewhere}")
+    joined.assert_outcomes(passed=2)
+    assert "**PASSED**: 0 failed, 0 errors" in elsewhere.read_text()
+    # Inside the project a space moves nothing, so it is accepted.
+    inside = two_folders.path / "summary.md"
+    inside.write_text("")
+    two_folders.runpytest("--trtcheck-summary", str(inside)).assert_outcomes(passed=2)
+    assert "**PASSED**" in inside.read_text()
