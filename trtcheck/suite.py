@@ -547,6 +547,9 @@ def load_suite(path: Path) -> Suite:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SuiteError(f"{path}: cannot be read ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise SuiteError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8, as "
+                         "TOML requires") from err
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
