@@ -7,6 +7,7 @@ forked child inherits, so the crash happens where a TensorRT or ONNX Runtime cra
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,78 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return status != "Z"
+
+
+# --- pytest items: a crash or a hang is that item's error, and the session goes on ----------
+
+pytest_plugins = ["pytester"]
+
+CRASH_SUITE = """
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[[case]]
+name = "crashes"
+model = "crash_me.onnx"
+
+[[case]]
+name = "hangs"
+model = "hang_me.onnx"
+timeout = 2
+
+[[case]]
+name = "healthy"
+model = "healthy.onnx"
+"""
+
+# Planted in the pytest process; only the forked backend runs execute it, on the feeds of the
+# two faulty models (named by their input).
+CRASH_CONFTEST = """
+import ctypes, time
+from polygraphy.backend.onnxrt import OnnxrtRunner
+
+original = OnnxrtRunner.infer_impl
+
+def infer_impl(self, feed_dict, *args, **kwargs):
+    if "crash_me" in feed_dict:
+        ctypes.string_at(0)
+    if "hang_me" in feed_dict:
+        time.sleep(3600)
+    return original(self, feed_dict, *args, **kwargs)
+
+OnnxrtRunner.infer_impl = infer_impl
+"""
+
+
+def _relu_model(input_name: str):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", [input_name], ["y"])], "g",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_crashing_and_a_hanging_item_do_not_end_the_session(pytester):
+    import onnx
+
+    for name in ("crash_me", "hang_me", "healthy"):
+        onnx.save(_relu_model(name), str(pytester.path / f"{name}.onnx"))
+    pytester.makefile(".suite.toml", models=CRASH_SUITE)
+    pytester.makeconftest(CRASH_CONFTEST)
+    # The healthy case's golden first (writing a golden fails its item, by design).
+    pytester.runpytest_subprocess("--trtcheck-update-golden-new-only", "-k", "healthy")
+    junit = pytester.path / "junit.xml"
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(f"--junitxml={junit}", timeout=300)
+    assert time.monotonic() - started < 120
+    output = result.stdout.str()
+    assert "Fatal Python error" not in output + result.stderr.str()
+    result.assert_outcomes(passed=1, errors=2)
+    assert "killed by signal SIGSEGV" in output
+    assert "timed out after 2 s" in output
+    text = junit.read_text()
+    assert 'tests="3"' in text and "SIGSEGV" in text and "timed out" in text
+    summary = json.loads((pytester.path / "artifacts" / "trtcheck" / "summary.json").read_text())
+    assert summary["counts"]["crashes"] == 2 and summary["counts"]["passed"] == 1

@@ -188,6 +188,7 @@ def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
                              "model to verify the passes")
     _add_input_arguments(parser)
     parser.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    _add_isolation_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
@@ -257,8 +258,39 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     debug.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
                        help="memory for the activations a bisection holds at once, e.g. 512M or "
                             "2G (default: a quarter of the available memory, at most 1.5G)")
+    _add_isolation_arguments(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="show Polygraphy's log and tracebacks")
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds") from None
+    try:
+        return check_tolerance_value(f"{text} seconds", value, 0.0, above_low=True)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_isolation_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.isolation import DEFAULT_TIMEOUT
+
+    group = parser.add_argument_group("isolation")
+    group.add_argument("--timeout", type=_timeout, metavar="SECONDS", default=None,
+                       help="stop a backend run (engine build included) after this long; it "
+                            f"then counts as a crash, exit 3 (default {DEFAULT_TIMEOUT:g})")
+    group.add_argument("--in-process", action="store_true",
+                       help="run backends in trtcheck's own process instead of a child process "
+                            "(for debuggers and profilers; a backend crash then ends trtcheck)")
+
+
+def _isolation_from_args(args: argparse.Namespace):
+    from trtcheck.isolation import isolation
+
+    return isolation(enabled=not getattr(args, "in_process", False),
+                     timeout=getattr(args, "timeout", None))
 
 
 class _VersionAction(argparse.Action):
@@ -301,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
     audit.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
                        help="memory for the activations held at once, e.g. 512M or 2G")
+    _add_isolation_arguments(audit)
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
     fix = commands.add_parser(
         "fix", help="fold constants and fix what TensorRT cannot take, proving each pass "
@@ -572,7 +605,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return run_report(args)
         check_outputs(args)
-        return commands[args.command](args)
+        with _isolation_from_args(args):
+            return commands[args.command](args)
     except TrtcheckError as err:
         if args.verbose:
             traceback.print_exc()
