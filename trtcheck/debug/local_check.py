@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from trtcheck.atomic import write_atomically, write_npz
+from trtcheck.atomic import save_onnx, write_atomically, write_npz
 from trtcheck.errors import TrtcheckError
 from trtcheck.model import load_model
 from trtcheck.run import run_marked
@@ -82,7 +82,7 @@ def check_alone(probe: Probe, node: onnx.NodeProto, values: dict[str, np.ndarray
         return LocalCheck(None, None, f"the node alone is not a valid model: {err}")
     feed = {i.name: values[i.name] for i in alone.graph.input}
     path = repro_dir / "culprit.onnx"
-    write_atomically(path, lambda partial: onnx.save(alone, partial))
+    save_onnx(alone, path)
     write_npz(repro_dir / "inputs.npz", feed)
     write_npz(repro_dir / "reference_outputs.npz",
               {o.name: values[o.name] for o in alone.graph.output})
