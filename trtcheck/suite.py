@@ -575,7 +575,7 @@ def load_suite(path: Path) -> Suite:
                                  InputSettings(seed=DEFAULT_SEED))
     except SuiteError as err:
         raise SuiteError(where.point_at_key(err, defaults_line, defaults_line)) from None
-    for target in defaults.get("targets", []):
+    for target in _string_list(defaults.get("targets", []), at_defaults, "defaults.targets"):
         _check_target_name(target, targets, at_defaults, "defaults.targets")
     cases_raw = _expect(raw.get("case", []), list, str(path), "case")
     cases = tuple(_case(item, index, path, where, targets, defaults, default_layers,
