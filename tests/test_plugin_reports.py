@@ -20,8 +20,8 @@ pytest_plugins = ["pytester"]
 needs_no_tensorrt = pytest.mark.skipif(
     tensorrt_usable(), reason="TensorRT is installed here; these count skipped TensorRT items")
 
-# passes, fails numerically, is an expected failure, cannot be loaded, hangs past its timeout;
-# every case also has a TensorRT target, which skips here.
+# passes, fails numerically, is an expected failure, passes unexpectedly, cannot be loaded, hangs
+# past its timeout; two cases also have a TensorRT target, which skips here.
 SUITE = """
 [targets.fp16]
 backend = "onnxrt-fp16"
@@ -55,6 +55,18 @@ precisions = ["fp16"]
 reason = "energy overflows fp16"
 
 [[case]]
+name = "fixed"
+model = "cnn.onnx"
+targets = ["fp16"]
+
+[case.tolerance]
+atol = 0.01
+rtol = 0.0
+
+[[case.expected_failure]]
+reason = "was broken once"
+
+[[case]]
 name = "truncated"
 model = "truncated.onnx"
 targets = ["fp16"]
@@ -76,7 +88,8 @@ def project(pytester):
     pytester.makefile(".suite.toml", demo=SUITE)
     pytester.makeini("[pytest]\n")
     # Goldens for the cases whose reference runs; the truncated and hanging ones have none.
-    pytester.runpytest("--trtcheck-update-golden-new-only", "-k", "good or tight or heads")
+    pytester.runpytest("--trtcheck-update-golden-new-only", "-k",
+                       "good or tight or heads or fixed")
     return pytester
 
 
@@ -91,15 +104,19 @@ def pytest_counts(result) -> dict[str, int]:
 
 
 @needs_no_tensorrt
-def test_summary_counts_are_pytests_counts(project, tmp_path):
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+def test_summary_counts_are_pytests_counts(project, tmp_path, xdist):
     markdown = tmp_path / "summary.md"
-    result = project.runpytest(f"--trtcheck-summary={markdown}")
-    result.assert_outcomes(passed=1, failed=1, xfailed=1, errors=2, skipped=2)
+    if xdist:
+        result = project.runpytest_subprocess("-n", "2", f"--trtcheck-summary={markdown}")
+    else:
+        result = project.runpytest(f"--trtcheck-summary={markdown}")
+    result.assert_outcomes(passed=1, failed=2, xfailed=1, errors=2, skipped=2)
     summary = summary_of(project)
     counts = summary["counts"]
     assert {k: v for k, v in counts.items() if v and k in pytest_counts(result)} == \
         pytest_counts(result)
-    assert counts["crashes"] == 1 and counts["unexpected_passes"] == 0
+    assert counts["crashes"] == 1 and counts["unexpected_passes"] == 1
     assert summary["tensorrt_not_checked"] == 2
     assert summary["exit_status"] == result.ret == pytest.ExitCode.TESTS_FAILED
     crash = next(e for e in summary["entries"] if e["nodeid"].endswith("hang[fp16]"))
@@ -109,16 +126,18 @@ def test_summary_counts_are_pytests_counts(project, tmp_path):
 
     text = markdown.read_text()
     assert "**TensorRT was not checked: 2 TensorRT items skipped" in text
-    assert ("**FAILED**: 1 failed, 2 errors (1 crash), 0 xpassed, 1 passed, 1 xfailed, "
-            "2 skipped, 0 deselected") in text
+    assert ("**FAILED**: 2 failed (1 unexpected pass), 2 errors (1 crash), 0 xpassed, 1 passed, "
+            "1 xfailed, 2 skipped, 0 deselected") in text
     assert "- 1 × energy overflows fp16" in text
     assert "- 2 × trt-fp16 needs TensorRT" in text
     assert "<code>demo.suite.toml::truncated[fp16]</code>: error" in text
     assert "<code>demo.suite.toml::hang[fp16]</code>: crash" in text
+    assert "<code>demo.suite.toml::fixed[fp16]</code>: unexpected pass" in text
 
     page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
     assert "TensorRT was not checked: 2 TensorRT items skipped" in page
-    assert "1 failed, 2 errors (1 crash)" in page and "energy overflows fp16" in page
+    assert "2 failed (1 unexpected pass), 2 errors (1 crash)" in page
+    assert "energy overflows fp16" in page
     result.stdout.fnmatch_lines(["trtcheck: TensorRT was not checked: 2 TensorRT items skipped*"])
 
 
@@ -128,7 +147,7 @@ def test_truncated_model_declared_as_expected_failure_stays_an_error(project):
                                    'model = "truncated.onnx"\ntargets = ["fp16"]\n\n'
                                    '[[case.expected_failure]]\nreason = "known broken"\n'))
     result = project.runpytest("-k", "truncated")
-    result.assert_outcomes(errors=1, deselected=6)
+    result.assert_outcomes(errors=1, deselected=7)
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*demo.suite.toml::truncated[[]fp16[]]: *truncated.onnx*"])
     assert "Traceback" not in result.stdout.str()
@@ -141,22 +160,22 @@ def test_expected_failure_covers_only_the_outputs_it_names(project):
                              'reason = "energy overflows fp16"\noutputs = ["energy"]')
     suite.write_text(declared)
     selected = ("-k", "heads", "-m", "not tensorrt")
-    project.runpytest(*selected).assert_outcomes(xfailed=1, deselected=6)
+    project.runpytest(*selected).assert_outcomes(xfailed=1, deselected=7)
     # Declaring another output: energy's failure is not covered, so the item fails.
     suite.write_text(declared.replace('outputs = ["energy"]', 'outputs = ["scores"]'))
     result = project.runpytest(*selected)
-    result.assert_outcomes(failed=1, deselected=6)
+    result.assert_outcomes(failed=1, deselected=7)
     result.stdout.fnmatch_lines(["*expected failure 'energy overflows fp16' covers outputs "
                                  "scores; energy fail(s) too*"])
 
 
 def test_report_is_rewritten_when_every_item_errors_or_none_is_selected(project):
     selected = ("-k", "good", "-m", "not tensorrt")
-    project.runpytest(*selected).assert_outcomes(passed=1, deselected=6)
+    project.runpytest(*selected).assert_outcomes(passed=1, deselected=7)
     assert summary_of(project)["counts"]["passed"] == 1
     (project.path / "cnn.onnx").write_bytes(b"not a model")
     errored = project.runpytest(*selected)
-    errored.assert_outcomes(errors=1, deselected=6)
+    errored.assert_outcomes(errors=1, deselected=7)
     assert summary_of(project)["counts"]["errors"] == 1
     assert summary_of(project)["counts"]["passed"] == 0
     page = (project.path / "artifacts" / "trtcheck" / "report.html").read_text()
@@ -164,7 +183,7 @@ def test_report_is_rewritten_when_every_item_errors_or_none_is_selected(project)
     none = project.runpytest("-k", "no_such_case")
     assert none.ret == pytest.ExitCode.NO_TESTS_COLLECTED
     counts = summary_of(project)["counts"]
-    assert counts["deselected"] == 7 and counts["errors"] == counts["passed"] == 0
+    assert counts["deselected"] == 8 and counts["errors"] == counts["passed"] == 0
 
 
 def _junit_names(path) -> set[str]:
@@ -192,7 +211,7 @@ def test_split_jobs_merge_into_the_counts_of_one_run(project, trtcheck_cli, tmp_
     assert summary["jobs"] == 2 and summary["tensorrt_not_checked"] == 2
     assert _junit_names(tmp_path / "merged" / "junit.xml") == _junit_names(
         folders[0] / "junit.xml") | _junit_names(folders[1] / "junit.xml")
-    assert len(_junit_names(tmp_path / "merged" / "junit.xml")) == 7
+    assert len(_junit_names(tmp_path / "merged" / "junit.xml")) == 8
     assert "over 2 jobs" in (tmp_path / "merged" / "summary.md").read_text()
     page = (tmp_path / "merged" / "report.html").read_text()
     assert "demo.suite.toml::good[fp16]" in page and "TensorRT was not checked" in page
