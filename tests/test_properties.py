@@ -323,10 +323,12 @@ def near_valid_suites(draw) -> str:
         "defaults": {"tolerance": {"atol": 1e-2}, "inputs": {"float_range": [0.0, 1.0]}},
         "case": [{"name": "cnn", "model": "model.onnx"}],
     }
+    tables = [document["suite"], document["targets"]["fp16"], document["defaults"],
+              document["defaults"]["tolerance"], document["defaults"]["inputs"],
+              document["case"][0]]
     for _ in range(draw(st.integers(1, 3))):
-        table = draw(st.sampled_from([document["suite"], document["targets"]["fp16"],
-                                      document["defaults"], document["defaults"]["tolerance"],
-                                      document["defaults"]["inputs"], document["case"][0]]))
+        # A table replaced by a drawn value stays in the document as that value.
+        table = draw(st.sampled_from(tables))
         table[draw(_KEYS)] = draw(_VALUES)
     return "\n".join(f"{key} = {_toml_value(value)}" for key, value in document.items()) + "\n"
 
