@@ -246,3 +246,28 @@ def test_a_crashing_and_a_hanging_item_do_not_end_the_session(pytester):
     assert 'tests="3"' in text and "SIGSEGV" in text and "timed out" in text
     summary = json.loads((pytester.path / "artifacts" / "trtcheck" / "summary.json").read_text())
     assert summary["counts"]["crashes"] == 2 and summary["counts"]["passed"] == 1
+
+
+HANG_SUITE = """
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[[case]]
+name = "hangs"
+model = "hang_me.onnx"
+"""
+
+
+def test_the_pytest_timeout_option_bounds_runs_and_rejects_values_that_disable_it(pytester):
+    import onnx
+
+    onnx.save(_relu_model("hang_me"), str(pytester.path / "hang_me.onnx"))
+    pytester.makefile(".suite.toml", models=HANG_SUITE)
+    pytester.makeconftest(CRASH_CONFTEST)
+    result = pytester.runpytest_subprocess("--trtcheck-timeout=1.5", timeout=120)
+    result.assert_outcomes(errors=1)
+    assert "timed out after 1.5 s" in result.stdout.str()
+    for bad in ("inf", "nan", "0", "-3", "soon"):
+        refused = pytester.runpytest_subprocess(f"--trtcheck-timeout={bad}", timeout=120)
+        assert refused.ret == pytest.ExitCode.USAGE_ERROR, bad
+        assert "--trtcheck-timeout" in refused.stderr.str()

@@ -58,6 +58,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--trtcheck-summary", metavar="FILE.md", default=None,
                     help="append a Markdown summary, failures first; write it with '=' "
                          "(--trtcheck-summary=\"$GITHUB_STEP_SUMMARY\")")
+    group.addoption("--trtcheck-timeout", metavar="SECONDS", default=None,
+                    help="stop a backend run (engine build included) after this long, an error "
+                         "of that item; a suite's `timeout` wins (default 1800)")
+    group.addoption("--trtcheck-in-process", action="store_true",
+                    help="run backends in pytest's own process, not a child process (for "
+                         "debuggers; a backend crash then ends the whole run)")
     parser.addini("trtcheck_golden_dir", "trtcheck's golden folder, relative to the rootdir "
                   "(default: golden)", default="")
     parser.addini("trtcheck_artifacts_dir", "trtcheck's artifacts folder, relative to the "

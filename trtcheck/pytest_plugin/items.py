@@ -163,9 +163,12 @@ class CaseItem(pytest.Item):
                     f"but is not importable here; {install_hint()}")
             pytest.skip(f"{self.target.name} needs TensorRT and an NVIDIA GPU, not available "
                         f"here; {install_hint()}")
-        self.outcome = self._check()
-        if self.state.bisect:
-            self.localization = self._bisect(self.outcome)
+        from trtcheck.isolation import isolation
+
+        with isolation(enabled=not self.state.in_process, timeout=self.state.timeout):
+            self.outcome = self._check()
+            if self.state.bisect:
+                self.localization = self._bisect(self.outcome)
         self._write_report(self.outcome, self.localization)
 
     def _check(self) -> CaseOutcome:

@@ -47,6 +47,21 @@ _VALUE_OPTIONS = ("--trtcheck-summary", "--trtcheck-artifacts", "--trtcheck-gold
                   "--trtcheck-target", "--trtcheck-require-backend")
 
 
+def _timeout(text: str | None) -> float | None:
+    from trtcheck.errors import UsageError
+    from trtcheck.tolerance import check_tolerance_value
+
+    if text is None:
+        return None
+    try:
+        return check_tolerance_value(f"--trtcheck-timeout={text}", float(text), 0.0,
+                                     above_low=True)
+    except ValueError:
+        raise pytest.UsageError(f"--trtcheck-timeout={text}: not a number of seconds") from None
+    except UsageError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
 class SuiteKeyError(Exception):
     """A suite file whose goldens would collide with another's or land outside the folder."""
 
@@ -63,6 +78,9 @@ class TrtcheckSession:
     targets: tuple[str, ...] = ()
     bisect: bool = False
     summary_path: Path | None = None
+    # Backend runs: in a child process (unless in_process) stopped after `timeout` seconds.
+    timeout: float | None = None
+    in_process: bool = False
     # Reports are written even without suite items (explicit output options or ini settings).
     always_report: bool = False
     reference_cache: ReferenceCache | None = None
@@ -103,6 +121,8 @@ class TrtcheckSession:
             require=frozenset(config.getoption("--trtcheck-require-backend")),
             targets=tuple(config.getoption("--trtcheck-target")),
             bisect=config.getoption("--trtcheck-bisect"),
+            timeout=_timeout(config.getoption("--trtcheck-timeout")),
+            in_process=config.getoption("--trtcheck-in-process"),
             summary_path=summary_path,
             always_report=explicit,
             summary=RunSummary(split=_split(config), junitxml=None),
