@@ -82,10 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--corpus", action="store_true", help="add large corpus models")
     parser.add_argument("--corpus-models", nargs="+", default=DEFAULT_CORPUS_MODELS)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these models")
     parser.add_argument("--plain", action="store_true", help="a markdown table")
     args = parser.parse_args(argv)
     entries = []
     for entry in _entries(args.corpus, args.corpus_models):
+        if args.only and entry["name"] not in args.only:
+            continue
         if Path(entry["_path"]).exists():
             entries.append(entry)
         else:

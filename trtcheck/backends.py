@@ -179,39 +179,46 @@ def _warm_onnxruntime() -> None:
                                      providers=["CPUExecutionProvider"])
 
 
-def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOptions) -> None:
-    """Work done once before a run forks, so that every later run (child) starts from it.
+def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOptions,
+                      mark: Sequence[str] = ()) -> bytes | str | None:
+    """Work done before a run forks; returns what `make_runner` takes as `source`.
 
-    Imports ONNX Runtime and Polygraphy's runner modules (Polygraphy imports them lazily, so a
-    child would otherwise import them afresh each run: about 80 ms) and fills the
-    emulated-model cache. TensorRT is not touched: CUDA must be initialised in children only.
+    Imports ONNX Runtime and Polygraphy's runner modules once (Polygraphy imports them lazily,
+    so each child would import them afresh: about 80 ms) and, for ONNX Runtime, builds the
+    session's model here (emulated, marked, serialised). A child that built it would write
+    hundreds of MB into pages shared copy-on-write with this process, each write a page copy
+    (+18% wall time on ViT-B/16), and a bisection's emulated-model cache would be lost with
+    every child. TensorRT is not touched: CUDA must be initialised in children only.
     """
     _warm_onnxruntime()
-    if backend.emulated and _EMULATED.get() is not None:
-        emulated_model(model, PrecisionPlan(backend.precision, options.keep_fp32))
+    if backend.family != "onnxrt":
+        return None
+    return onnxrt_session_source(model, backend, options, mark)
 
 
-def _onnxrt_runner(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
-                   options: BackendOptions, name: str, mark: Sequence[str] = ()):
-    import onnxruntime
-    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    # ONNX Runtime's optimizer warnings (e.g. "UnsqueezeElimination cannot remove node") are
-    # noise for a user comparing outputs; errors still show.
-    onnxruntime.set_default_logger_severity(3)
-
-    source: bytes | str
+def onnxrt_session_source(model: LoadedModel, backend: Backend, options: BackendOptions,
+                          mark: Sequence[str] = ()) -> bytes | str:
+    """The model an ONNX Runtime session loads: serialised bytes, or a path (external data)."""
+    plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.emulated or mark:
         runnable = emulated_model(model, plan) if backend.emulated else model.proto
         if mark:
             from trtcheck.marking import mark_outputs
 
             runnable = mark_outputs(runnable, mark)
-        source = runnable.SerializeToString()
-    elif model.has_external_data():
-        source = str(model.path)
-    else:
-        source = model.proto.SerializeToString()
+        return runnable.SerializeToString()
+    if model.has_external_data():
+        return str(model.path)
+    return model.proto.SerializeToString()
+
+
+def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str):
+    import onnxruntime
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    # ONNX Runtime's optimizer warnings (e.g. "UnsqueezeElimination cannot remove node") are
+    # noise for a user comparing outputs; errors still show.
+    onnxruntime.set_default_logger_severity(3)
     session = SessionFromOnnx(source, providers=list(options.providers))
     return OnnxrtRunner(session, name=name)
 
@@ -350,14 +357,17 @@ def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
 
 
 def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, name: str,
-                mark: Sequence[str] = ()):
+                mark: Sequence[str] = (), source: bytes | str | None = None):
     """Returns a Polygraphy runner for `backend`; TensorRT targets need `tensorrt` importable.
 
-    `mark` names intermediate tensors to return as outputs besides the model's own.
+    `mark` names intermediate tensors to return as outputs besides the model's own; `source`
+    is the ONNX Runtime session's model when `prepare_in_parent` built it already.
     """
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.family == "onnxrt":
-        return _onnxrt_runner(model, backend, plan, options, name, mark)
+        if source is None:
+            source = onnxrt_session_source(model, backend, options, mark)
+        return _onnxrt_runner(source, options, name)
     if not tensorrt_usable():
         raise BackendUnavailableError(
             f"{backend.name}: TensorRT is not installed here (Python module 'tensorrt' not "

@@ -119,6 +119,7 @@ def _call_in_child(func: Callable[..., T], args: tuple, what: str, timeout: floa
         child.start()
     sender.close()
     deadline = time.monotonic() + timeout
+    answered = False
     try:
         ready: list = []
         # poll() takes at most 2**31-1 ms (about 24 days); a longer --timeout waits in steps.
@@ -127,6 +128,7 @@ def _call_in_child(func: Callable[..., T], args: tuple, what: str, timeout: floa
         if receiver in ready:
             try:
                 status, payload = _receive(receiver)
+                answered = True
             except (EOFError, OSError):
                 status, payload = "died", None
         elif ready:
@@ -144,10 +146,13 @@ def _call_in_child(func: Callable[..., T], args: tuple, what: str, timeout: floa
             raise payload
         return payload
     finally:
-        if child.is_alive():
-            child.kill()
-        child.join()
         receiver.close()
+        if not answered:
+            if child.is_alive():
+                child.kill()
+            child.join()
+        # A child that answered is exiting; tearing down a large address space takes tens of
+        # ms, so it is not waited for here: multiprocessing reaps it at the next start or exit.
 
 
 def _death_message(what: str, exitcode: int | None) -> str:

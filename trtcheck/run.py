@@ -70,22 +70,23 @@ def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
     from trtcheck import isolation
     from trtcheck.backends import prepare_in_parent
 
-    # Work that later runs reuse (the emulated model during bisection) must be done here: what
-    # a child computes is lost when it exits.
-    prepare_in_parent(model, backend, options)
+    try:
+        source = prepare_in_parent(model, backend, options, mark)
+    except Exception as err:
+        raise _run_error(backend.name, "could not build", err) from err
     return isolation.call(_run_backend_here, model, backend, options, iterations, name, mark,
-                          what=f"{backend.name} ({name})")
+                          source, what=f"{backend.name} ({name})")
 
 
 def _run_backend_here(model: LoadedModel, backend: Backend, options: BackendOptions,
-                      iterations: Sequence[Feed], name: str,
-                      mark: Sequence[str]) -> tuple[str, list[Any]]:
+                      iterations: Sequence[Feed], name: str, mark: Sequence[str],
+                      source: bytes | str | None) -> tuple[str, list[Any]]:
     from polygraphy.comparator import Comparator
 
     from trtcheck.backends import make_runner
 
     try:
-        runner = make_runner(model, backend, options, name, mark=mark)
+        runner = make_runner(model, backend, options, name, mark=mark, source=source)
     except Exception as err:
         raise _run_error(backend.name, "could not build", err) from err
     try:
