@@ -316,18 +316,9 @@ def plain_setup_error(item: pytest.Item, call: pytest.CallInfo[None],
 
 def _is_crash(err: Exception) -> bool:
     """A backend process killed by a signal, or stopped after its timeout."""
-    from trtcheck.errors import BackendRunError
+    from trtcheck.isolation import BackendCrashError
 
-    try:
-        from trtcheck.isolation import BackendCrashError
-    except ImportError:  # an older trtcheck without isolated backends
-        pass
-    else:
-        if isinstance(err, BackendCrashError):
-            return True
-    text = str(err)
-    return isinstance(err, BackendRunError) and ("killed by signal" in text or
-                                                  "timed out" in text)
+    return isinstance(err, BackendCrashError)
 
 
 def select_targets(config: pytest.Config, items: list[pytest.Item]) -> None:
