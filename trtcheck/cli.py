@@ -445,6 +445,8 @@ def run_compare(args: argparse.Namespace) -> int:
         request = request_from_args(args)
         with display(console):
             result = compare_model(request, verbose=args.verbose)
+        for warning in result.feeds.warnings:
+            print(f"trtcheck: warning: {warning}", file=sys.stderr)
         if result.target_note:
             console.print(result.target_note, style="yellow")
         console.print(ComparisonView(result))

@@ -21,7 +21,7 @@ from trtcheck.backends import (
 )
 from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.golden import GoldenCheck
-from trtcheck.inputs import Feeds, InputSettings, make_feeds
+from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
@@ -204,9 +204,18 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         destination = converted_model_path(model.path, plan, options)
         prepare_work_folder(destination.parent)
         ConvertedOnnxPath(model, plan, destination)()
+    load_inputs = str(request.save_inputs) if request.save_inputs else None
+    if load_inputs is None and any(d.generator != UNIFORM for d in feeds.described):
+        # Polygraphy's DataLoader cannot draw a padded mask: its command loads these feeds.
+        written = (options.work_dir or session_work_folder()) / f"{model.path.stem}.inputs.json"
+        prepare_work_folder(written.parent)
+        from polygraphy.json import save_json
+
+        write_atomically(written, lambda path: save_json(feeds.iterations, path, "inputs"))
+        load_inputs = str(written)
     command = polygraphy_command(
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
-        load_inputs=str(request.save_inputs) if request.save_inputs else None)
+        load_inputs=load_inputs)
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
                               tolerances, options, request.passes)
     timings["total"] = time.perf_counter() - started
@@ -238,8 +247,11 @@ def _golden_metadata(result: ComparisonResult, case: Case) -> dict[str, Any]:
         "case": case.name,
         "model_sha256": result.model_sha256,
         "reference": result.reference.name,
+        # The generator is recorded only when it is not the uniform default, so goldens of
+        # uniform inputs keep matching.
         "inputs": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
-                    "range": list(d.value_range), "source": d.source}
+                    "range": list(d.value_range), "source": d.source,
+                    **({"generator": d.generator} if d.generator != UNIFORM else {})}
                    for d in result.feeds.described],
         "seed": result.feeds.seed,
         "versions": {k: v for k, v in result.versions.items() if k != "tensorrt"},

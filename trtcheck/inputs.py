@@ -2,7 +2,10 @@
 
 Polygraphy's DataLoader silently replaces an unknown dynamic dimension with 1 and applies one value
 range to every input, floats and integers alike. Here a dynamic dimension without a shape is an
-error, and each input gets a range that suits its dtype (see `default_range`).
+error (all of them in one message, with a complete `--input-shapes` line; a symbolic dimension
+shared by several inputs is fixed by any one of them), and each input gets a range from what the
+graph does with it (`trtcheck.input_ranges`: token ids index their embedding table, attention masks
+are ones with a padded tail), else a default for its dtype (`default_range`), which is warned about.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ Feed = dict[str, np.ndarray]
 ValueRange = tuple[float, float]
 
 DEFAULT_SEED = 1
+UNIFORM = "uniform"
+MASK = "mask"
+GENERATORS = (UNIFORM, MASK)
+CLI_FLAG = "--val-range"
+SUITE_INPUTS = "the suite's inputs"
 # numpy's legacy seeding (Polygraphy's DataLoader) takes 0 to 2**32-1.
 MAX_SEED = 2**32 - 1
 # Synthetic data is generated as float64 before the cast; beyond this share of the machine's
@@ -40,6 +48,13 @@ class InputSettings:
     float_range: ValueRange | None = None
     seed: int = DEFAULT_SEED
     recorded: Path | None = None
+    # Input name -> generator ("uniform" or "mask"), overriding what the graph suggests.
+    generators: dict[str, str] = field(default_factory=dict)
+    # Where `ranges` and `float_range` were given, for the report ("--val-range", a suite key).
+    given_by: str = CLI_FLAG
+    # A float_range inherited by every case of a suite may meet a model without float inputs;
+    # one given for this model may not.
+    float_range_inherited: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +67,12 @@ class InputDescription:
     value_range: ValueRange
     # "synthetic" (seeded, range as generated) or "recorded" (range observed in the file).
     source: str
+    # Where the range came from: "indexes model.wte.weight (50257 rows)", "default for float32".
+    origin: str = ""
+    # "uniform" (Polygraphy's DataLoader over value_range) or "mask" (ones, a padded tail).
+    generator: str = UNIFORM
+    # The range is a default, not given and not found in the graph.
+    guessed: bool = False
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,15 @@ class Feeds:
     iterations: list[Feed]
     described: tuple[InputDescription, ...]
     seed: int | None
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """One line for every input whose range is a guess."""
+        return tuple(
+            f"input '{d.name}': no range given and none found in the graph; fed "
+            f"[{d.value_range[0]:g}, {d.value_range[1]:g}], the {d.origin}; give "
+            f"--val-range {d.name}:[LO,HI] if the model expects other values"
+            for d in self.described if d.guessed)
 
 
 def default_range(dtype: np.dtype) -> ValueRange:
@@ -123,25 +153,90 @@ def _check_names(model: LoadedModel, names: list[str], what: str) -> None:
             )
 
 
-def _static_shape(info: InputInfo, given: tuple[int, ...] | None, model: LoadedModel):
-    if given is None:
-        if info.is_dynamic:
-            declared = "x".join(str(d) if isinstance(d, int) else str(d or "?") for d in info.shape)
-            example = "x".join(str(d) if isinstance(d, int) and d > 0 else "1" for d in info.shape)
-            raise InputDataError(
-                f"input '{info.name}' of {model.path.name} has dynamic shape {declared}; "
-                f"give it a shape with --input-shapes {info.name}:{example}"
-            )
-        return tuple(int(d) for d in info.shape)  # type: ignore[arg-type]
+def _shape_text(shape) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _check_fits(info: InputInfo, given: tuple[int, ...]) -> None:
     if len(given) != len(info.shape) or any(
         isinstance(declared, int) and declared > 0 and declared != dim
         for declared, dim in zip(info.shape, given, strict=False)
     ):
         raise InputDataError(
-            f"shape {'x'.join(map(str, given))} for input '{info.name}' does not fit its declared "
+            f"shape {_shape_text(given)} for input '{info.name}' does not fit its declared "
             f"shape {list(info.shape)}; keep the fixed dimensions and the rank"
         )
-    return given
+
+
+# A dimension left dynamic in the suggested --input-shapes line: batch 1, other dimensions 128
+# (a sequence length most text and audio models accept).
+_SUGGESTED_BATCH = 1
+_SUGGESTED_DIM = 128
+
+
+def resolve_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]]
+                   ) -> dict[str, tuple[int, ...]]:
+    """A static shape for every input: declared, given, or fixed by a shared symbolic dimension.
+
+    `input_ids: [batch, seq]` given as 2x16 fixes `attention_mask: [batch, seq]` too. Given
+    shapes that disagree on a shared dimension are an error naming both; inputs still dynamic are
+    reported together, with a complete `--input-shapes` line to copy.
+    """
+    bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (size, the input that fixed it)
+    for info in model.inputs:
+        shape = given.get(info.name)
+        if shape is None:
+            continue
+        _check_fits(info, shape)
+        for declared, size in zip(info.shape, shape, strict=True):
+            if not isinstance(declared, str) or not declared:
+                continue
+            earlier = bound.setdefault(declared, (size, info.name))
+            if earlier[0] != size:
+                other = earlier[1]
+                raise InputDataError(
+                    f"--input-shapes {other}:{_shape_text(given[other])} and "
+                    f"{info.name}:{_shape_text(shape)} give dimension '{declared}' two sizes "
+                    f"({earlier[0]} and {size}), but both inputs share it in "
+                    f"{model.path.name}; give them the same '{declared}'")
+    shapes: dict[str, tuple[int, ...]] = {}
+    missing: list[InputInfo] = []
+    for info in model.inputs:
+        if info.name in given:
+            shapes[info.name] = given[info.name]
+            continue
+        dims = [d if isinstance(d, int) and d >= 0 else
+                bound[d][0] if isinstance(d, str) and d in bound else None for d in info.shape]
+        if any(d is None for d in dims):
+            missing.append(info)
+        else:
+            shapes[info.name] = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+    if missing:
+        raise InputDataError(_missing_shapes_message(model, shapes, missing, bound))
+    return shapes
+
+
+def _missing_shapes_message(model: LoadedModel, known: dict[str, tuple[int, ...]],
+                            missing: list[InputInfo], bound: dict[str, tuple[int, str]]) -> str:
+    suggested: dict[str, int] = {}  # one size per symbolic dimension, shared inputs agree
+
+    def pick(dim, position: int) -> int:
+        if isinstance(dim, int) and dim >= 0:
+            return dim
+        if isinstance(dim, str) and dim in bound:
+            return bound[dim][0]
+        size = _SUGGESTED_BATCH if position == 0 else _SUGGESTED_DIM
+        return suggested.setdefault(dim, size) if isinstance(dim, str) and dim else size
+
+    declared = ", ".join(
+        f"'{info.name}' [{', '.join(str(d) if d not in (None, '') else '?' for d in info.shape)}]"
+        for info in missing)
+    line = " ".join(
+        f"{info.name}:{_shape_text(known[info.name])}" if info.name in known else
+        f"{info.name}:{_shape_text(pick(d, i) for i, d in enumerate(info.shape))}"
+        for info in model.inputs if info.is_dynamic)
+    return (f"{model.path.name} has dynamic input shapes: {declared}; give them all, e.g. "
+            f"--input-shapes {line}")
 
 
 def _machine_memory() -> int | None:
@@ -181,27 +276,88 @@ def _check_generable(info: InputInfo, shape: tuple[int, ...], value_range: Value
             "memory); give smaller --input-shapes")
 
 
+def _float_range_applies(model: LoadedModel, settings: InputSettings) -> bool:
+    if settings.float_range is None:
+        return False
+    if any(np.issubdtype(info.dtype, np.floating) for info in model.inputs):
+        return True
+    if not settings.float_range_inherited:
+        low, high = settings.float_range
+        names = [info.name for info in model.inputs]
+        if settings.given_by == CLI_FLAG:
+            given, fix = f"--val-range [{low:g},{high:g}] without a name", \
+                f"--val-range {names[0]}:[LO,HI]"
+        else:
+            given, fix = f"inputs.float_range = [{low:g}, {high:g}]", \
+                f"inputs.ranges = {{ {names[0]} = [LO, HI] }}"
+        raise UsageError(
+            f"{given} applies to float inputs, and {model.path.name} has none (its inputs: "
+            f"{', '.join(names)}); name the input, e.g. {fix}")
+    return False
+
+
+def _default_origin(dtype: np.dtype) -> tuple[str, bool]:
+    """How a default range is described, and whether it is a guess (uint8 is not: raw bytes)."""
+    if dtype == np.uint8:
+        return "full range of uint8 (raw bytes or pixels)", False
+    return f"default for {dtype}", True
+
+
+def _choose(info: InputInfo, settings: InputSettings, float_range: ValueRange | None,
+            roles) -> tuple[ValueRange, str, str, bool]:
+    """(range, origin, generator, guessed) for one synthetic input."""
+    generator = settings.generators.get(info.name)
+    given = settings.ranges.get(info.name)
+    if given is not None:
+        return given, f"given by {settings.given_by}", UNIFORM, False
+    if generator == MASK:
+        return (0, 1), f"attention mask: ones with a padded tail (set by {settings.given_by})", \
+            MASK, False
+    if float_range is not None and np.issubdtype(info.dtype, np.floating):
+        return float_range, f"given by {settings.given_by} for every float input", UNIFORM, False
+    role = roles.get(info.name) if generator is None else None
+    if role is not None:
+        return role.value_range, role.origin, role.kind if role.kind == MASK else UNIFORM, False
+    origin, guessed = _default_origin(info.dtype)
+    return default_range(info.dtype), origin, UNIFORM, guessed
+
+
+def _roles(model: LoadedModel, settings: InputSettings):
+    """What the graph does with each integer input not already settled by the settings."""
+    undecided = [info for info in model.inputs if info.dtype.kind in "biu"
+                 and info.name not in settings.ranges and info.name not in settings.generators]
+    if not undecided:
+        return {}
+    from trtcheck.input_ranges import infer_roles
+
+    return infer_roles(model.proto)
+
+
 def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
     # Imported here: Polygraphy's import is slow and only this path needs its DataLoader.
     from polygraphy.common import TensorMetadata
     from polygraphy.comparator import DataLoader
 
     _check_names(model, list(settings.shapes), "--input-shapes")
-    _check_names(model, list(settings.ranges), "--val-range")
+    _check_names(model, list(settings.ranges), settings.given_by)
+    _check_names(model, list(settings.generators), "inputs.generators")
+    for name, generator in settings.generators.items():
+        if generator not in GENERATORS:
+            raise UsageError(f"generator '{generator}' for input '{name}' is not one of "
+                             f"{', '.join(GENERATORS)}")
     if not 0 <= settings.seed <= MAX_SEED:
         raise UsageError(f"seed {settings.seed} is out of range; a seed is between 0 and "
                          f"{MAX_SEED} (2**32-1)")
+    shapes = resolve_shapes(model, settings.shapes)
+    float_range = settings.float_range if _float_range_applies(model, settings) else None
+    roles = _roles(model, settings)
     metadata = TensorMetadata()
     ranges: dict[str, ValueRange] = {}
     described = []
     for info in model.inputs:
-        shape = _static_shape(info, settings.shapes.get(info.name), model)
+        shape = shapes[info.name]
         metadata.add(info.name, info.dtype, shape)
-        value_range = settings.ranges.get(info.name)
-        if value_range is None and settings.float_range and np.issubdtype(info.dtype, np.floating):
-            value_range = settings.float_range
-        if value_range is None:
-            value_range = default_range(info.dtype)
+        value_range, origin, generator, guessed = _choose(info, settings, float_range, roles)
         if np.issubdtype(info.dtype, np.integer) and not all(
             float(v).is_integer() for v in value_range
         ):
@@ -211,12 +367,19 @@ def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
             )
         _check_generable(info, shape, value_range, model)
         ranges[info.name] = value_range
-        described.append(
-            InputDescription(info.name, str(info.dtype), shape, value_range, "synthetic")
-        )
+        described.append(InputDescription(info.name, str(info.dtype), shape, value_range,
+                                          "synthetic", origin, generator, guessed))
     loader = DataLoader(seed=settings.seed, iterations=1, input_metadata=metadata, val_range=ranges)
-    feeds = [dict(loader[0])]
-    return Feeds(feeds, tuple(described), settings.seed)
+    feed = dict(loader[0])
+    # Masks replace what the DataLoader drew, after it drew everything, so that every other
+    # input gets the very values `polygraphy run --seed` gives it.
+    from trtcheck.input_ranges import padded_mask
+
+    for description in described:
+        if description.generator == MASK:
+            feed[description.name] = padded_mask(description.shape, model.input(
+                description.name).dtype, settings.seed, description.name)
+    return Feeds([feed], tuple(described), settings.seed)
 
 
 def _read_recorded(path: Path) -> list[Feed]:
@@ -300,7 +463,7 @@ def _recorded(model: LoadedModel, path: Path) -> Feeds:
         ready: Feed = {}
         for info in model.inputs:
             value = feed[info.name]
-            _static_shape(info, tuple(value.shape), model)
+            _check_fits(info, tuple(value.shape))
             ready[info.name] = convert_losslessly(value, np.dtype(info.dtype),
                                                   f"{path}: input '{info.name}'")
         checked.append(ready)
@@ -312,6 +475,7 @@ def _recorded(model: LoadedModel, path: Path) -> Feeds:
             tuple(value.shape),
             (float(value.min()), float(value.max())) if value.size else (0.0, 0.0),
             "recorded",
+            f"recorded in {path.name}",
         )
         for name, value in first.items()
     )

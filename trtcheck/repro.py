@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trtcheck.backends import Backend, BackendOptions, converted_model_path, polygraphy_flags
-from trtcheck.inputs import Feeds, InputSettings
+from trtcheck.inputs import UNIFORM, Feeds, InputSettings
 from trtcheck.precision import PrecisionPlan
 from trtcheck.tolerance import Tolerances
 
@@ -67,8 +67,9 @@ def _tolerance_flags(tolerances: Tolerances, for_polygraphy: bool) -> list[str]:
 def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable) -> list[str]:
     return [
         "--input-shapes", *(f"{d.name}:{dims(d.shape)}" for d in feeds.described),
+        # A mask's generator is inferred again from the graph; a range would make it uniform.
         "--val-range", *(f"{d.name}:[{_number(d.value_range[0])},{_number(d.value_range[1])}]"
-                         for d in feeds.described),
+                         for d in feeds.described if d.generator == UNIFORM),
         "--seed", str(feeds.seed if feeds.seed is not None else settings.seed),
     ]
 

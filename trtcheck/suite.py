@@ -18,7 +18,14 @@ from typing import Any
 
 from trtcheck.backends import BACKENDS
 from trtcheck.errors import TrtcheckError
-from trtcheck.inputs import DEFAULT_SEED, InputSettings, ValueRange
+from trtcheck.inputs import (
+    DEFAULT_SEED,
+    GENERATORS,
+    MASK,
+    SUITE_INPUTS,
+    InputSettings,
+    ValueRange,
+)
 from trtcheck.tolerance import ERROR_STATS, ToleranceRequest, check_tolerance_value
 
 if sys.version_info >= (3, 11):
@@ -36,7 +43,7 @@ _DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_ta
 _CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
               "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
               "markers", "timeout", "wheel_sha256"}
-_INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded"}
+_INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded", "generators"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
                      "min_snr"}
 _TOLERANCE_KEYS = _TOLERANCE_FIELDS | {"outputs", "measured"}
@@ -355,9 +362,22 @@ def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> Input
     ranges = dict(base.ranges)
     for name, value in _expect(raw.get("ranges", {}), dict, where, "inputs.ranges").items():
         ranges[name] = _range(value, where, f"inputs.ranges.{name}")
-    float_range = base.float_range
+    generators = dict(base.generators)
+    for name, kind in _expect(raw.get("generators", {}), dict, where,
+                              "inputs.generators").items():
+        if kind not in GENERATORS:
+            raise SuiteError(f"{where}: inputs.generators.{name} = {kind!r} must be one of "
+                             f"{', '.join(repr(g) for g in GENERATORS)}")
+        generators[name] = kind
+    both = sorted(name for name, kind in generators.items() if kind == MASK and name in ranges)
+    if both:
+        raise SuiteError(f"{where}: input '{both[0]}' has both a range and the 'mask' generator "
+                         "(a mask is ones with a padded tail); keep one")
+    # A float_range from [defaults] meets every case, some of which may have no float input.
+    float_range, inherited = base.float_range, True
     if "float_range" in raw:
         float_range = _range(raw["float_range"], where, "inputs.float_range")
+        inherited = False
     seed = base.seed
     if "seed" in raw:
         # Polygraphy seeds numpy's RandomState, which takes 0 <= seed < 2**32.
@@ -370,7 +390,8 @@ def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> Input
             raise SuiteError(f"{where}: inputs.recorded file {recorded} does not exist; record it "
                              "with `trtcheck compare MODEL --save-inputs FILE.json`")
     return InputSettings(shapes=shapes, ranges=ranges, float_range=float_range, seed=seed,
-                         recorded=recorded)
+                         recorded=recorded, generators=generators, given_by=SUITE_INPUTS,
+                         float_range_inherited=inherited)
 
 
 def _wheel_pins(raw: Any, text: str, where: str) -> tuple[str, ...]:

@@ -82,6 +82,7 @@ def fix_to_dict(result: FixResult) -> dict[str, Any]:
         "final_change": None if result.pipeline.final_change is None else {
             k: number(v) for k, v in result.pipeline.final_change.items()},
         "inputs": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
-                    "range": list(d.value_range), "source": d.source}
+                    "range": list(d.value_range), "source": d.source, "range_from": d.origin,
+                    "generator": d.generator}
                    for d in result.feeds.described],
     }

@@ -123,10 +123,13 @@ def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str
         return (f'<h2 id="{anchor}">{_e(title)} {_verdict("error")}</h2>'
                 f'<pre>{_e(document["error"])}</pre>')
     config = document["config"]
-    inputs = _table(["input", "dtype", "shape", "range", "source"], [
+    inputs = _table(["input", "dtype", "shape", "range", "range from"], [
         [_e(i["name"]), _e(i["dtype"]), _e(i["shape"]),
-         f'[{fmt(i["range"][0])}, {fmt(i["range"][1])}]', _e(i["source"])]
+         f'[{fmt(i["range"][0])}, {fmt(i["range"][1])}]',
+         _e(i.get("range_from") or i["source"])]
         for i in config["inputs"]])
+    inputs += "".join(f'<p class="muted">warning: {_e(w)}</p>'
+                      for w in config.get("input_warnings", []))
     notes = "".join(f"<li>{_e(n)}</li>" for n in [*extra.get("notes", []),
                                                    *document.get("hints", [])])
     golden = extra.get("golden")

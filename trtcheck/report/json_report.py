@@ -89,9 +89,11 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
             },
             "inputs": [
                 {"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
-                 "range": [d.value_range[0], d.value_range[1]], "source": d.source}
+                 "range": [d.value_range[0], d.value_range[1]], "source": d.source,
+                 "range_from": d.origin, "generator": d.generator}
                 for d in result.feeds.described
             ],
+            "input_warnings": list(result.feeds.warnings),
             "seed": result.feeds.seed,
             "iterations": len(result.feeds.iterations),
         },

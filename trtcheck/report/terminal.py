@@ -45,7 +45,7 @@ class ComparisonView:
         header.append(f"  target {result.target.name} vs reference {result.reference.name}")
         inputs = ", ".join(
             f"{d.name} {d.dtype}{list(d.shape)} in [{d.value_range[0]:g}, {d.value_range[1]:g}]"
-            f" ({d.source})" for d in result.feeds.described)
+            f" ({d.origin or d.source})" for d in result.feeds.described)
         seed = f", seed {result.feeds.seed}" if result.feeds.seed is not None else ""
         parts: list = [header,
                        Text(f"inputs: {inputs}{seed}", style="dim", no_wrap=True,
