@@ -344,7 +344,9 @@ def test_cli_on_bert_says_where_each_range_came_from(trtcheck_cli, tmp_path):
                        "--input-shapes", "input_ids:2x16", "--json", "r.json", "--report", "r.html")
     assert run.code == 0, (run.code, run.stdout, run.stderr)
     assert "warning" not in run.stderr
-    assert "indexes model.embeddings.word_embeddings.weight (512 rows)" in run.stdout
+    # the terminal may wrap the inputs line at spaces
+    assert "indexes model.embeddings.word_embeddings.weight (512 rows)" in " ".join(
+        run.stdout.split())
     report = json.loads((tmp_path / "r.json").read_text())
     inputs = {i["name"]: i for i in report["config"]["inputs"]}
     assert inputs["attention_mask"]["generator"] == "mask"
@@ -414,3 +416,28 @@ def test_suite_generator_errors_name_file_and_line(tmp_path, line, fragment):
     (case,) = load_suite(path).cases
     assert case.error is not None and case.error.startswith(f"{path}:5:"), case.error
     assert fragment in case.error
+
+
+def test_a_scalar_compared_with_one_constant_gets_that_constant(save_model):
+    """silero-vad (opset 18): `sr` reshaped, taken, compared with 16000, and branched on."""
+    branch = {key: helper.make_graph(
+        [helper.make_node("Mul", ["audio", factor], [f"scaled_{key}"])], key, [],
+        [_out(f"scaled_{key}", TensorProto.FLOAT, 2)]) for key, factor in
+        (("then", "two"), ("else", "three"))}
+    nodes = [helper.make_node("Reshape", ["sr", "flat"], ["sr_flat"]),
+             helper.make_node("Gather", ["sr_flat", "first"], ["sr_value"]),
+             helper.make_node("Equal", ["sr_value", "rate"], ["is_16k"]),
+             helper.make_node("If", ["is_16k"], ["scaled"], then_branch=branch["then"],
+                              else_branch=branch["else"])]
+    inits = [_int("flat", [-1]), _int("first", 0), _int("rate", 16000),
+             numpy_helper.from_array(np.float32(2), "two"),
+             numpy_helper.from_array(np.float32(3), "three")]
+    model = load_model(save_model(_model(
+        nodes, [helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+                helper.make_tensor_value_info("audio", TensorProto.FLOAT, [1, 8])],
+        [_out("scaled", TensorProto.FLOAT, 2)], inits)))
+    feeds = make_feeds(model, InputSettings(ranges={"audio": (-1, 1)}))
+    described = {d.name: d for d in feeds.described}
+    assert described["sr"].value_range == (16000, 16000) and not described["sr"].guessed
+    assert "compared with 16000" in described["sr"].origin
+    assert feeds.iterations[0]["sr"] == 16000 and feeds.warnings == ()

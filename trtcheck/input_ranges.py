@@ -13,6 +13,8 @@ graph (onnx-graphsurgeon links a tensor to its consumers, subgraphs of If/Loop i
 2. An int or bool input that reaches the condition of a Where, or a Softmax through elementwise
    ops only (cast, 1 - mask, times a large negative, added to the scores), is an attention mask:
    it gets ones with a padded tail of zeros per row (`padded_mask`).
+3. An integer input compared by Equal with one scalar constant selects a branch (silero-vad's
+   `sr == 16000`): it gets that constant, the case the model is written for.
 
 An input that matches neither keeps a default range for its dtype, which is a guess; the caller
 warns about it.
@@ -34,6 +36,7 @@ ValueRange = tuple[float, float]
 
 INDEX = "index"
 MASK = "mask"
+SELECTOR = "selector"
 
 # Ops whose output holds (some of) the values of this input, unchanged: position -> followed.
 # None means any input position.
@@ -53,7 +56,7 @@ _MAX_CONSTANT_READ = 1 << 20
 class InputRole:
     """What the graph does with one input, and the values that suit it."""
 
-    kind: str  # INDEX or MASK
+    kind: str  # INDEX, MASK or SELECTOR
     value_range: ValueRange
     # Where the range came from, for the report: "indexes model.wte.weight (50257 rows)".
     origin: str
@@ -184,6 +187,11 @@ def _index_use(node: gs.Node, position: int, offset: int) -> _IndexUse | None:
         length = _iota_length(node.inputs[1 - position])
         if length is not None:
             rows, origin = length, f"one-hot over {length} values (Equal {node.name})"
+        value = _scalar_int(node.inputs[1 - position])
+        if value is not None:
+            # Not a table: one value, the one the model tests for (rows = 0 marks it).
+            return _IndexUse(float(value - offset), float(value - offset),
+                             f"compared with {value} in Equal {node.name}", 0)
     if rows is None or rows < 1:
         return None
     return _IndexUse(float(-offset), float(rows - 1 - offset), origin, rows)
@@ -228,7 +236,9 @@ def infer_roles(model: onnx.ModelProto) -> dict[str, InputRole]:
 
 
 def _role(tensor: gs.Tensor) -> InputRole | None:
-    uses = _index_uses(tensor)
+    found = _index_uses(tensor)
+    uses = [use for use in found if use.rows > 0]
+    selectors = [use for use in found if use.rows == 0]
     if uses:
         smallest = min(uses, key=lambda use: use.rows)
         low = max(use.low for use in uses)
@@ -244,6 +254,9 @@ def _role(tensor: gs.Tensor) -> InputRole | None:
         return InputRole(MASK, (0.0, 1.0), f"attention mask: ones with a padded tail ({path})")
     if uses:
         return InputRole(INDEX, (low, high), origin)
+    if selectors:
+        first = selectors[0]
+        return InputRole(SELECTOR, (first.low, first.high), first.origin)
     return None
 
 
