@@ -139,3 +139,83 @@ def test_real_models_from_the_onnx_package():
     for name in ("light_resnet50.onnx", "light_densenet121.onnx"):
         result = lint_model(load_model(os.path.join(folder, name)), 10)
         assert result.errors == [], result.errors
+
+
+def _nonzero_on_mask():
+    # torchvision's detectors: NonZero(Greater(scores, threshold)), a bool mask.
+    scores = value("scores", TensorProto.FLOAT, [8])
+    indices = value("indices", TensorProto.INT64, [1, None])
+    threshold = numpy_helper.from_array(np.array(0.5, np.float32), "threshold")
+    return model_of([helper.make_node("Greater", ["scores", "threshold"], ["keep"], name="gt"),
+                     helper.make_node("NonZero", ["keep"], ["indices"], name="/model/NonZero")],
+                    [scores], [indices], [threshold])
+
+
+def test_nonzero_on_a_bool_mask_is_clean_as_the_parser_says(save_model):
+    # The doc's Supported Types column says FP32, FP16; the importer takes BOOL (see the table's
+    # source.corrections), so the detector pattern is clean for both majors.
+    for major in (10, 11):
+        assert lint(save_model, _nonzero_on_mask(), major).findings == []
+        (correction,) = support_table(major)["source"]["corrections"]
+        assert correction["operator"] == "NonZero" and "BOOL" in correction["value"]
+
+
+def test_uint8_into_an_op_is_an_error(save_model):
+    # quantize_dynamic's embedding: Gather on uint8 weights, then DequantizeLinear of uint8.
+    ids = value("ids", TensorProto.INT64, [2, 4])
+    out = value("out", TensorProto.FLOAT, [2, 4, 8])
+    table = numpy_helper.from_array(np.arange(80, dtype=np.uint8).reshape(10, 8), "table")
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
+    zero = numpy_helper.from_array(np.array(0, np.uint8), "zero")
+    model = model_of([helper.make_node("Gather", ["table", "ids"], ["rows"], name="gather"),
+                      helper.make_node("DequantizeLinear", ["rows", "scale", "zero"], ["out"],
+                                       name="dq")], [ids], [out], [table, scale, zero])
+    result = lint(save_model, model)
+    assert {(f.node, f.severity) for f in result.findings} == {("gather", "error"),
+                                                               ("dq", "error")}
+    assert all("uint8" in f.reason for f in result.findings)
+    summary = result.summary()
+    assert summary is not None
+    assert summary.startswith("TensorRT 10.15's ONNX parser rejects 2 nodes: DequantizeLinear "
+                              "(1), Gather (1)")
+    assert summary.endswith(f"see `trtcheck lint {result.model_path} --trt-major 10`")
+
+
+def test_summary_counts_nodes_and_model_problems(save_model):
+    assert lint(save_model, cnn()).summary() is None
+    x = value("x", TensorProto.FLOAT, [4])
+    y = value("y", TensorProto.FLOAT, [4])
+    model = model_of([helper.make_node("MyOp", ["x"], ["t"], name="a", domain="com.example"),
+                      helper.make_node("MyOp", ["t"], ["y"], name="b", domain="com.example")],
+                     [x], [y], opset=8, domains=("com.example",))
+    summary = lint(save_model, model).summary()
+    assert summary is not None
+    assert "rejects 2 nodes: MyOp (2) and rejects the model: opset 8 is outside" in summary
+
+
+def test_weights_are_left_out_of_shape_inference_without_changing_findings(save_model,
+                                                                          monkeypatch):
+    # A large weight feeds a MatMul whose result reaches a float64 Reshape through inference, and
+    # an Unsqueeze's axes are computed from a small initializer (its value is needed).
+    x = value("x", TensorProto.FLOAT, [1, 64])
+    y = value("y", TensorProto.FLOAT, [1, 1, 200, 100])
+    weight = numpy_helper.from_array(np.ones((64, 20000), np.float32), "weight")
+    shape = numpy_helper.from_array(np.array([1, 200, 100], np.int64), "shape")
+    one = numpy_helper.from_array(np.array([1], np.int64), "one")
+    model = model_of([helper.make_node("MatMul", ["x", "weight"], ["h"], name="mm"),
+                      helper.make_node("Cast", ["h"], ["hd"], name="cast", to=TensorProto.DOUBLE),
+                      helper.make_node("Reshape", ["hd", "shape"], ["r"], name="reshape"),
+                      helper.make_node("Cast", ["r"], ["f"], name="back", to=TensorProto.FLOAT),
+                      helper.make_node("Sub", ["one", "one"], ["axes"], name="axes"),
+                      helper.make_node("Unsqueeze", ["f", "axes"], ["y"], name="unsqueeze")],
+                     [x], [y], [weight, shape, one])
+    loaded = load_model(save_model(model))
+    findings = lint_model(loaded, 11).findings
+    assert {(f.node, f.fixed_by) for f in findings} == {
+        ("reshape", None), ("back", None), ("unsqueeze", "initializer-inputs")}
+    import trtcheck.lint
+
+    assert trtcheck.lint._without_weights(loaded.proto) is not loaded.proto
+    monkeypatch.setattr(trtcheck.lint, "_WEIGHT_ELEMENTS", 10**9)
+    assert trtcheck.lint._without_weights(loaded.proto) is loaded.proto
+    assert lint_model(loaded, 11).findings == findings

@@ -1,7 +1,9 @@
 """TensorRT's ONNX operator support, per major version, as data (trtcheck/lint_data/*.json).
 
 The tables are transcribed from onnx-tensorrt's docs/operators.md of each release; each file
-names its source commit. They serve the lint (which works without TensorRT) and the pass that
+names its source commit. Where the doc and the parser's own importer (onnxOpImporters.cpp) disagree
+on a real model, the table follows the importer and lists the change with its evidence under
+`source.corrections` (NonZero takes BOOL: every torchvision detector feeds it a mask). They serve the lint (which works without TensorRT) and the pass that
 makes initializer-only inputs constant.
 """
 
