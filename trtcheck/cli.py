@@ -12,11 +12,10 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from trtcheck.backends import BACKENDS, BackendOptions
 from trtcheck.errors import (
     BUG_REPORT,
     EXIT_COULD_NOT_RUN,
@@ -31,22 +30,47 @@ from trtcheck.errors import (
     TrtcheckError,
     UsageError,
 )
-from trtcheck.inputs import (
-    DEFAULT_SEED,
-    MAX_SEED,
-    InputSettings,
-    ValueRange,
-    parse_range,
-    parse_shape,
-)
 from trtcheck.progress import display
 from trtcheck.tolerance import ERROR_STATS, check_tolerance_value
+
+if TYPE_CHECKING:
+    from trtcheck.inputs import InputSettings, ValueRange
 
 # trtcheck's own folder in the working directory, like trtcheck-repro; never the model's folder.
 DEFAULT_WORK_DIR = "trtcheck-work"
 
 
 class _Parser(argparse.ArgumentParser):
+    """A parser whose arguments may be added on first use (`populate`).
+
+    A subcommand's arguments are added only when that subcommand is parsed or its help shown, so
+    `trtcheck --help` does not import onnx, numpy and graphsurgeon (about 150 ms) for the
+    defaults and help strings of every subcommand.
+    """
+
+    def __init__(self, *args: Any,
+                 populate: Callable[[argparse.ArgumentParser], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def _populated(self) -> None:
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self._populated()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._populated()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         # argparse prints the whole usage block; one line that names the fix is easier to act on.
         self.exit(EXIT_INPUT_ERROR, f"{self.prog}: {message}; see `{self.prog} --help`\n")
@@ -85,6 +109,8 @@ def _error_stats(items: list[str] | None) -> dict[str, str]:
 
 
 def _shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    from trtcheck.inputs import parse_shape
+
     shapes = {}
     for item in items or []:
         name, sep, shape = item.rpartition(":")
@@ -95,6 +121,8 @@ def _shapes(items: list[str] | None) -> dict[str, tuple[int, ...]]:
 
 
 def _ranges(items: list[str] | None) -> tuple[dict[str, ValueRange], ValueRange | None]:
+    from trtcheck.inputs import parse_range
+
     named: dict[str, ValueRange] = {}
     every_float: ValueRange | None = None
     for item in items or []:
@@ -128,6 +156,8 @@ def _memory_size(text: str) -> int:
 
 
 def _seed(text: str) -> int:
+    from trtcheck.inputs import MAX_SEED
+
     try:
         value = int(text)
     except ValueError:
@@ -146,6 +176,8 @@ def _is_number(text: str) -> bool:
 
 
 def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.inputs import DEFAULT_SEED
+
     data = parser.add_argument_group("inputs")
     data.add_argument("--input-shapes", nargs="+", action="extend", metavar="NAME:SHAPE",
                       help="shapes for dynamic inputs, e.g. x:1x3x224x224")
@@ -159,12 +191,26 @@ def _add_input_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def input_settings_from_args(args: argparse.Namespace) -> InputSettings:
+    from trtcheck.inputs import InputSettings
+
     named_ranges, float_range = _ranges(args.val_range)
     if args.inputs is not None and (args.input_shapes or args.val_range):
         raise UsageError("--inputs gives recorded values, so --input-shapes and --val-range do "
                          "not apply; drop one or the other")
     return InputSettings(shapes=_shapes(args.input_shapes), ranges=named_ranges,
                          float_range=float_range, seed=args.seed, recorded=args.inputs)
+
+
+def _add_audit_arguments(audit: argparse.ArgumentParser) -> None:
+    audit.add_argument("model", type=Path, help="the ONNX model to audit")
+    audit.add_argument("--precision", choices=("fp16", "bf16"), action="append",
+                       help="reduced type(s) to audit for (default both)")
+    _add_input_arguments(audit)
+    audit.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    audit.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
+                       help="memory for the activations held at once, e.g. 512M or 2G")
+    _add_isolation_arguments(audit)
+    audit.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
 def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +239,8 @@ def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.backends import BACKENDS
+
     parser.add_argument("model", type=Path, help="the ONNX model to check")
     backends = ", ".join(BACKENDS)
     parser.add_argument("--reference", default="onnxrt", metavar="NAME",
@@ -214,6 +262,14 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                      help="also require cosine similarity >= V")
     tol.add_argument("--snr", nargs="+", action="extend", metavar="[OUT:]DB",
                      help="also require SNR >= DB")
+    tol.add_argument("--min-agreement", nargs="+", action="extend", metavar="[OUT:]FRACTION",
+                     help="integer and bool outputs are compared exactly; accept this fraction "
+                          "of equal elements instead, e.g. ids:0.99")
+    tol.add_argument("--detections", nargs="+", action="extend", metavar="SPEC",
+                     help="compare outputs as detections, paired by class and IoU (their order "
+                          "after NMS/TopK means nothing): boxes=OUT,scores=OUT[,labels=OUT]"
+                          "[,per_detection=OUT+OUT][,iou=0.5][,min_matched=1][,format=xyxy], or "
+                          "packed=OUT for one [N,6] x1,y1,x2,y2,score,label output")
     _add_input_arguments(parser)
     parser.add_argument("--passes", nargs="+", metavar="PASS",
                         help="graph passes applied to the target's model first (see `trtcheck "
@@ -261,6 +317,92 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     _add_isolation_arguments(parser)
     parser.add_argument("--verbose", action="store_true",
                         help="show Polygraphy's log and tracebacks")
+
+
+def _add_tolerances_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="the ONNX model to measure")
+    parser.add_argument("--reference", default="onnxrt", metavar="NAME",
+                        help="reference backend (default onnxrt)")
+    parser.add_argument("--target", default=None, metavar="NAME",
+                        help="target backend (default trt-fp16 where TensorRT imports, else "
+                             "onnxrt-fp16)")
+    parser.add_argument("--seeds", type=int, default=5, metavar="N",
+                        help="measure over N synthetic input sets, seeds --seed .. --seed+N-1 "
+                             "(default 5); with --inputs, every input set of the file instead")
+    parser.add_argument("--margin", type=_tolerance, default=4.0, metavar="M",
+                        help="proposed tolerance = M x the error measured (default 4)")
+    _add_input_arguments(parser)
+    parser.add_argument("--passes", nargs="+", metavar="PASS",
+                        help="graph passes applied to the target's model first")
+    parser.add_argument("--providers", nargs="+", default=["cpu"],
+                        help="ONNX Runtime execution providers (default cpu)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in TensorRT")
+    parser.add_argument("--keep-fp32", nargs="+", action="extend", default=[], metavar="NODE",
+                        help="ONNX nodes that stay in fp32 in reduced-precision targets")
+    parser.add_argument("--trt-major", type=int, choices=(10, 11),
+                        help="TensorRT major version to build for (default: installed one)")
+    parser.add_argument("--work-dir", type=Path, metavar="DIR", default=Path(DEFAULT_WORK_DIR),
+                        help="where converted models are written")
+    suite = parser.add_argument_group("suite file")
+    suite.add_argument("--write-suite", type=Path, metavar="FILE.suite.toml",
+                       help="write the proposal into this suite file (the rest of it is kept)")
+    suite.add_argument("--case", metavar="NAME", help="the [[case]] to write it into")
+    suite.add_argument("--suite-target", metavar="NAME",
+                       help="the suite's [targets.NAME] to write it for (default: the one whose "
+                            "backend is the target)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
+    _add_isolation_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def run_tolerances(args: argparse.Namespace) -> int:
+    from trtcheck.calibration import calibrate, toml_snippet, write_suite
+
+    if (args.write_suite is None) != (args.case is None):
+        raise UsageError("--write-suite FILE and --case NAME go together")
+    if args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: measure over at least 1 input set")
+    from trtcheck.backends import BackendOptions
+    from trtcheck.core import CompareRequest
+
+    request = CompareRequest(
+        model=args.model, reference=args.reference, target=args.target,
+        inputs=input_settings_from_args(args),
+        passes=tuple(args.passes) if args.passes else (),
+        options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
+                               keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
+                               work_dir=args.work_dir))
+    console = _console()
+    with display(console):
+        calibration = calibrate(request, args.seeds, args.margin, verbose=args.verbose)
+    console.print(f"{args.model}  target {calibration.target}, {calibration.input_sets}, "
+                  f"margin {calibration.margin:g}x", soft_wrap=True)
+    if args.json is not None:
+        from trtcheck.report.json_report import write_json
+
+        write_json({"schema": "trtcheck.tolerances", "schema_version": 1,
+                    "model": str(args.model), "target": calibration.target,
+                    "input_sets": calibration.input_sets, "margin": calibration.margin,
+                    "faults": calibration.faults,
+                    "proposals": [{"output": p.output, "tolerance": p.fields, "why": p.why}
+                                  for p in calibration.proposals]}, args.json)
+    if calibration.faults:
+        for fault in calibration.faults:
+            console.print(f"fault: {fault}", style="red", soft_wrap=True)
+        console.print("no tolerance proposed: one wide enough to pass a fault would hide it; "
+                      "fix the fault first (`trtcheck bisect` finds where it starts)",
+                      style="red", soft_wrap=True)
+        return EXIT_MISMATCH
+    for proposal in calibration.proposals:
+        style = None if proposal.fields is not None else "yellow"
+        console.print(f"{proposal.output}: {proposal.why}", style=style, soft_wrap=True)
+    if args.write_suite is not None:
+        name = write_suite(args.write_suite, args.case, calibration, args.suite_target)
+        console.print(f"wrote [case.tolerance_by_target.{name}] of case {args.case} into "
+                      f"{args.write_suite}", soft_wrap=True)
+    else:
+        console.print(toml_snippet(calibration, calibration.target), soft_wrap=True)
+    return EXIT_PASS
 
 
 def _timeout(text: str) -> float:
@@ -312,35 +454,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction,
                         help="print this project's version and those of its libraries")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    compare = commands.add_parser(
+    # Subcommands whose arguments import heavy modules get them on first use (`populate`).
+    commands.add_parser(
         "compare", help="run a reference and a target on the same inputs and compare outputs",
-        description="Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run.")
-    _add_compare_arguments(compare)
-    bisect = commands.add_parser(
+        description="Exit codes: 0 pass, 1 mismatch, 2 usage or input error, 3 could not run.",
+        populate=_add_compare_arguments)
+    commands.add_parser(
         "bisect", help="compare, and on a mismatch bisect to the first divergent node "
                        "(compare --bisect)",
         description="Exit codes: 0 pass (nothing to bisect), 1 mismatch (bisected), 2 usage or "
-                    "input error, 3 could not run.")
-    _add_compare_arguments(bisect)
-    audit = commands.add_parser(
+                    "input error, 3 could not run.",
+        populate=_add_compare_arguments)
+    commands.add_parser(
         "audit", help="find tensors beyond the fp16/bf16 range from fp32 activations alone",
         description="Exit codes: 0 no overflow (underflows are reported), 1 a tensor overflows "
-                    "a reduced type, 2 usage or input error, 3 could not run.")
-    audit.add_argument("model", type=Path, help="the ONNX model to audit")
-    audit.add_argument("--precision", choices=("fp16", "bf16"), action="append",
-                       help="reduced type(s) to audit for (default both)")
-    _add_input_arguments(audit)
-    audit.add_argument("--json", type=Path, metavar="FILE", help="write a JSON report here")
-    audit.add_argument("--max-memory", type=_memory_size, metavar="SIZE", default=None,
-                       help="memory for the activations held at once, e.g. 512M or 2G")
-    _add_isolation_arguments(audit)
-    audit.add_argument("--verbose", action="store_true", help="show tracebacks")
-    fix = commands.add_parser(
+                    "a reduced type, 2 usage or input error, 3 could not run.",
+        populate=_add_audit_arguments)
+    commands.add_parser(
         "fix", help="fold constants and fix what TensorRT cannot take, proving each pass "
                     "harmless with ONNX Runtime",
         description="Exit codes: 0 written and every pass verified, 1 written but a pass was "
-                    "rolled back or failed, 2 usage or input error, 3 could not verify.")
-    _add_fix_arguments(fix)
+                    "rolled back or failed, 2 usage or input error, 3 could not verify.",
+        populate=_add_fix_arguments)
+    commands.add_parser(
+        "tolerances", help="measure each output's error over several seeds or recorded input "
+                           "sets and propose tolerances (optionally into a suite file)",
+        description="Exit codes: 0 tolerances proposed (and written), 1 a fault was found "
+                    "(inf/nan in the target, an overflow in the range audit, a collapsed "
+                    "cosine), so nothing is proposed, 2 usage or input error, 3 could not run.",
+        populate=_add_tolerances_arguments)
     lint = commands.add_parser(
         "lint", help="report what TensorRT's ONNX parser will reject, without TensorRT",
         description="Exit codes: 0 no errors (warnings may be shown), 1 errors found (or "
@@ -396,6 +538,7 @@ def _tolerance_values(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         "error_quantile": _named_numbers("--error-quantile", args.error_quantile, upper=1.0),
         "min_cosine": _named_numbers("--cosine", args.cosine, lower=-1.0, upper=1.0),
         "min_snr": _named_numbers("--snr", args.snr, lower=-math.inf),
+        "min_agreement": _named_numbers("--min-agreement", args.min_agreement, upper=1.0),
     }
     return {key: value for key, value in values.items() if value}
 
@@ -406,7 +549,9 @@ def _check_output_path(flag: str, path: Path | None) -> None:
 
 
 def request_from_args(args: argparse.Namespace):
+    from trtcheck.backends import BackendOptions
     from trtcheck.core import CompareRequest, ToleranceRequest
+    from trtcheck.detections import parse_spec
 
     _check_output_path("--save-outputs", args.save_outputs)
     _check_output_path("--save-inputs", args.save_inputs)
@@ -417,6 +562,7 @@ def request_from_args(args: argparse.Namespace):
         tolerances=ToleranceRequest(_tolerance_values(args)),
         inputs=input_settings_from_args(args),
         passes=tuple(args.passes) if args.passes else (),
+        detections=tuple(parse_spec(text) for text in args.detections or ()),
         options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
                                keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
                                work_dir=args.work_dir),
@@ -428,9 +574,12 @@ def request_from_args(args: argparse.Namespace):
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    # rich already falls back to plain text when not a TTY and honours NO_COLOR.
+    from trtcheck.report.widths import console_width
+
+    # rich already falls back to plain text when not a TTY and honours NO_COLOR and COLUMNS.
+    stream = sys.stderr if stderr else sys.stdout
     return Console(stderr=stderr, highlight=False, markup=False,
-                   width=None if sys.stdout.isatty() else 140)
+                   width=console_width(stream.isatty()))
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -449,7 +598,8 @@ def run_compare(args: argparse.Namespace) -> int:
             print(f"trtcheck: warning: {warning}", file=sys.stderr)
         if result.target_note:
             console.print(result.target_note, style="yellow")
-        console.print(ComparisonView(result))
+        # crop=False: the lines that name files and commands are printed whole.
+        console.print(ComparisonView(result), crop=False)
         console.print("Same check with TensorRT, on a GPU machine:", style="dim")
         # soft_wrap keeps the command on one line so it can be copied as it is.
         console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
@@ -509,7 +659,7 @@ def _bisect(args: argparse.Namespace, result, console):
                                            fix_precision=not args.no_precision_fix,
                                            output=args.bisect_output, mode=args.bisect_mode,
                                            max_memory=args.max_memory)
-    console.print(BisectView(localization))
+    console.print(BisectView(localization), crop=False)
     return localization
 
 
@@ -602,7 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns its exit code (see `trtcheck.errors`), never raises for one."""
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
-                "fix": run_fix, "lint": run_lint}
+                "fix": run_fix, "lint": run_lint, "tolerances": run_tolerances}
     try:
         if args.command == "report":
             return run_report(args)

@@ -275,17 +275,19 @@ class CaseItem(pytest.Item):
 
         from trtcheck.report.bisect_report import BisectView
         from trtcheck.report.terminal import ComparisonView
+        from trtcheck.report.widths import console_width
 
         buffer = StringIO()
         # markup=False: node ids like "case[target]" are not rich markup tags.
-        console = Console(file=buffer, width=160, no_color=True, highlight=False, markup=False,
-                          force_terminal=False)
+        console = Console(file=buffer, width=console_width(False), no_color=True,
+                          highlight=False, markup=False, force_terminal=False)
         comparison = outcome.comparison.verdict.upper()
         console.print(f"{self.nodeid}: target vs reference {comparison}; reference vs golden "
                       f"{outcome.golden.status.upper()}", soft_wrap=True)
-        console.print(ComparisonView(outcome.comparison))
+        # crop=False: the lines that name files and commands are printed whole.
+        console.print(ComparisonView(outcome.comparison), crop=False)
         if localization is not None:
-            console.print(BisectView(localization))
+            console.print(BisectView(localization), crop=False)
         if outcome.golden.status != "pass":
             console.print(f"golden: {outcome.golden.message}", soft_wrap=True)
         for note in outcome.notes:

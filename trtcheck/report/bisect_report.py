@@ -7,12 +7,12 @@ from dataclasses import asdict
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
-from rich.table import Table
 from rich.text import Text
 
 from trtcheck.debug.audit import RangeFinding
 from trtcheck.debug.results import Localization, TracePoint
 from trtcheck.report.numbers import fmt
+from trtcheck.report.widths import Cell, fitted_table, stacked_rows
 
 # The trace is shown around the culprit and toward the output; the JSON has all of it.
 _SHOWN_BEFORE, _SHOWN_AFTER = 3, 8
@@ -33,6 +33,21 @@ def _shown(trace: list[TracePoint], culprit: int) -> list[TracePoint | None]:
     return rows
 
 
+_TRACE_COLUMNS = ("#", "node", "op", "tensor", "max abs err", "atol", "max |ref|", "verdict")
+_TRACE_TITLE = ("error along the path (each tensor held to the output's tolerance, atol scaled "
+                "to its magnitude)")
+
+
+def _trace_rows(rows: list[list[Cell]], max_width: int) -> list[Any]:
+    """The trace as a table when it fits, else each tensor stacked as lines; names never cut."""
+    table = fitted_table(_TRACE_COLUMNS, ["left"] * len(_TRACE_COLUMNS), rows, [1, 3], max_width,
+                         header_style="bold", title=_TRACE_TITLE, title_justify="left")
+    if table is not None:
+        return [table]
+    return [Text(_TRACE_TITLE, style="italic"),
+            *stacked_rows(_TRACE_COLUMNS, rows, [0, 1, 7], [1, 3], max_width)]
+
+
 class BisectView:
     def __init__(self, result: Localization) -> None:
         self.result = result
@@ -51,22 +66,18 @@ class BisectView:
         parts += [Text(f"  why: {line}") for line in r.explanation]
         parts.append(Text(f"  criterion: {r.criterion}", style="dim"))
         parts.append(Text(f"  {r.note}", style="dim"))
-        table = Table(show_edge=False, header_style="bold",
-                      title="error along the path (each tensor held to the output's tolerance, "
-                            "atol scaled to its magnitude)", title_justify="left")
-        for column in ("#", "node", "op", "tensor", "max abs err", "atol", "max |ref|",
-                       "verdict"):
-            table.add_column(column)
+        rows: list[list[Cell]] = []
         for point in _shown(r.trace, r.culprit_index):
             if point is None:
-                table.add_row("...", "", "", "", "", "", "", "")
+                rows.append(["...", "", "", "", "", "", "", ""])
                 continue
             verdict = Text("DIVERGED", style="red") if point.diverged else Text("ok", "green")
-            marker = " <- culprit" if point.index == r.culprit_index else ""
-            table.add_row(str(point.index), point.node + marker, point.op, point.tensor,
-                          fmt(point.max_abs_error), fmt(point.tolerance),
-                          fmt(point.max_abs_reference), verdict)
-        parts.append(table)
+            if point.index == r.culprit_index:
+                verdict = Text("CULPRIT", style="red bold")
+            rows.append([str(point.index), point.node, point.op, point.tensor,
+                         fmt(point.max_abs_error), fmt(point.tolerance),
+                         fmt(point.max_abs_reference), verdict])
+        parts += _trace_rows(rows, options.max_width)
         fix = r.precision_fix
         if fix is not None:
             state = f"verified in {fix.rounds} round(s)" if fix.verified else "NOT verified"
@@ -74,10 +85,14 @@ class BisectView:
                               f"({state})", style="green" if fix.verified else "yellow"))
             if fix.remaining:
                 parts.append(Text(f"  {fix.remaining}", style="yellow"))
-            parts.append(Text(f"  emulated: --keep-fp32 {' '.join(fix.keep_fp32)}"))
-            parts.append(Text(f"  TensorRT 10: {fix.trt10_flags}"))
+            # Flags and paths to copy stay on one line (the views are printed uncropped).
+            parts.append(Text(f"  emulated: --keep-fp32 {' '.join(fix.keep_fp32)}",
+                              no_wrap=True, overflow="ignore"))
+            parts.append(Text(f"  TensorRT 10: {fix.trt10_flags}", no_wrap=True,
+                              overflow="ignore"))
             if fix.trt11_model:
-                parts.append(Text(f"  TensorRT 11: {fix.trt11_model} (strongly typed)"))
+                parts.append(Text(f"  TensorRT 11: {fix.trt11_model} (strongly typed)",
+                                  no_wrap=True, overflow="ignore"))
         if r.repro_dir:
             parts.append(Text(f"repro: {r.repro_dir} (README.md holds the commands)"))
         yield Group(*parts)

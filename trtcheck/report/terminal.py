@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
-from rich.table import Table
 from rich.text import Text
 
 from trtcheck.compare import ErrorHistogram, OutputDiff
 from trtcheck.core import ComparisonResult
 from trtcheck.report.numbers import fmt
+from trtcheck.report.widths import Cell, Justify, fitted_table, stacked_rows
 
 
 def _fmt(value: float | None) -> str:
@@ -39,7 +40,8 @@ class ComparisonView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         result = self.result
-        # Lines that name files and settings stay whole, so they can be copied.
+        # The line naming the model stays whole (printed uncropped), so the path can be copied;
+        # the others wrap, so no input, seed or tolerance is lost at the console's width.
         header = Text(no_wrap=True, overflow="ignore")
         header.append(f"{result.model_path}", style="bold")
         header.append(f"  target {result.target.name} vs reference {result.reference.name}")
@@ -48,48 +50,117 @@ class ComparisonView:
             f" ({d.origin or d.source})" for d in result.feeds.described)
         seed = f", seed {result.feeds.seed}" if result.feeds.seed is not None else ""
         parts: list = [header,
-                       Text(f"inputs: {inputs}{seed}", style="dim", no_wrap=True,
-                            overflow="ignore"),
+                       Text(f"inputs: {inputs}{seed}", style="dim", overflow="fold"),
                        Text(f"tolerance: {_tolerance_summary(result)}", style="dim",
-                            no_wrap=True, overflow="ignore")]
+                            overflow="fold")]
 
-        table = Table(show_edge=False, header_style="bold")
-        for column, justify in (("output", "left"), ("verdict", "left"),
-                                ("max abs err @ index", "right"), ("ref -> target", "right"),
-                                ("max rel", "right"), ("mean abs", "right"), ("p99 abs", "right"),
-                                ("cosine", "right"), ("exceeding", "right"),
-                                ("needs atol | rtol", "right")):
-            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        rows: list[list[Cell]] = []
         for diff in result.outputs:
-            verdict = Text("PASS", style="green bold") if diff.passed else Text(
-                "FAIL", style="red bold")
-            table.add_row(
+            verdict = _verdict_cell(diff)
+            rows.append([
                 diff.name, verdict, f"{_fmt(diff.max_abs_error)} @ {_index(diff)}",
                 f"{_fmt(diff.reference_at_max)} -> {_fmt(diff.target_at_max)}",
                 _fmt(diff.max_rel_error), _fmt(diff.mean_abs_error), _fmt(diff.p99_abs_error),
-                f"{diff.cosine:.6f}" if not math.isnan(diff.cosine) else "nan",
-                f"{diff.exceeding} of {diff.elements}",
+                _cosine_cell(diff), _exceeding_cell(diff),
+                "-" if _is_integer(diff) else
                 f"{_fmt(diff.required_atol)} | {_fmt(diff.required_rtol)}",
-            )
+            ])
         if result.passes is not None:
             steps = ", ".join(f"{o.name} {o.status}" for o in result.passes.outcomes)
             nodes = len(result.passes.model.graph.node)
             parts.append(Text(f"target model after passes: {nodes} nodes ({steps})",
                               style="dim"))
-        parts.append(table)
+        parts += _output_rows(rows, options.max_width)
+        shown: set[str] = set()
         for diff in result.outputs:
             for reason in diff.failures:
+                # A detection set's pairing failure is the same for each of its outputs.
+                if reason.startswith("detections:") and reason in shown:
+                    continue
+                shown.add(reason)
                 parts.append(Text(f"  {diff.name}: {reason}", style="red"))
             if not diff.passed and diff.histogram is not None:
                 parts.append(Text(f"  {diff.name} |error|: {sparkline(diff.histogram)}",
                                   style="dim"))
-        passed = sum(diff.passed for diff in result.outputs)
-        summary = Text(
-            f"{result.verdict.upper()}: {passed} of {len(result.outputs)} output(s) within "
-            "tolerance", style="green bold" if result.verdict == "pass" else "red bold")
+        parts.extend(_notes(result.outputs))
+        summary = Text(summary_line(result.verdict, result.outputs),
+                       style="green bold" if result.verdict == "pass" else "red bold")
         parts.append(summary)
         parts.extend(Text(f"hint: {hint}", style="yellow") for hint in result.hints)
         yield Group(*parts)
+
+
+def _verdict_cell(diff: OutputDiff) -> Text:
+    if not diff.checked:
+        return Text("EMPTY", style="yellow bold")
+    return Text("PASS", style="green bold") if diff.passed else Text("FAIL", style="red bold")
+
+
+def _is_integer(diff: OutputDiff) -> bool:
+    return diff.dtype.startswith(("int", "uint", "bool"))
+
+
+def _cosine_cell(diff: OutputDiff) -> str:
+    if _is_integer(diff) or not diff.checked:
+        return "-"  # integer and bool outputs are compared exactly, never by cosine
+    if diff.cosine is None:
+        return "undefined"  # a zero vector: see the warning below the table
+    return f"{diff.cosine:.6f}" if not math.isnan(diff.cosine) else "nan"
+
+
+def _exceeding_cell(diff: OutputDiff) -> str:
+    if diff.method == "exact":
+        return f"{diff.exceeding} of {diff.elements} differ"
+    if diff.method == "detections":
+        return f"{diff.exceeding} of {diff.elements} paired"
+    return f"{diff.exceeding} of {diff.elements}"
+
+
+def _notes(outputs: list[OutputDiff]) -> list[Text]:
+    """Warnings per output, then each detection set's pairing (once per set)."""
+    lines = [Text(f"  {diff.name}: warning: {warning}", style="yellow")
+             for diff in outputs for warning in diff.warnings]
+    shown = set()
+    for diff in outputs:
+        match = diff.detections
+        if match is None or match.spec in shown:
+            continue
+        shown.add(match.spec)
+        lines.append(Text(f"  {match.summary()}", style="dim" if diff.passed else "red"))
+        for side, missed in (("only in the reference", match.unmatched_reference),
+                             ("only in the target", match.unmatched_target)):
+            for det in missed:
+                label = "" if det.label is None else f"label {det.label:g} "
+                box = ", ".join(f"{v:.4g}" for v in det.box)
+                lines.append(Text(f"    {side}: #{','.join(map(str, det.index))} {label}"
+                                  f"score {det.score:.4g} box [{box}]", style="dim"))
+    return lines
+
+
+def summary_line(verdict: str, outputs: list[OutputDiff]) -> str:
+    """'PASS: 2 of 2 output(s) within tolerance; 1 empty in both runs: not checked'."""
+    checked = [diff for diff in outputs if diff.checked]
+    text = (f"{verdict.upper()}: {sum(diff.passed for diff in checked)} of {len(checked)} "
+            "output(s) within tolerance")
+    empty = len(outputs) - len(checked)
+    return text + (f"; {empty} empty in both runs: not checked" if empty else "")
+
+
+_COLUMNS: tuple[tuple[str, Justify], ...] = (
+    ("output", "left"), ("verdict", "left"), ("max abs err @ index", "right"),
+    ("ref -> target", "right"), ("max rel", "right"), ("mean abs", "right"),
+    ("p99 abs", "right"), ("cosine", "right"), ("exceeding", "right"),
+    ("needs atol | rtol", "right"))
+
+
+def _output_rows(rows: list[list[Cell]], max_width: int) -> list[Any]:
+    """One table row per output when the table fits, else each output stacked as lines."""
+    headers = [name for name, _ in _COLUMNS]
+    table = fitted_table(headers, [justify for _, justify in _COLUMNS], rows, [0], max_width,
+                         header_style="bold")
+    if table is not None:
+        return [table]
+    return stacked_rows(headers, rows, [0, 1], [0], max_width)
 
 
 _BARS = " ▁▂▃▄▅▆▇█"
