@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -210,7 +211,7 @@ def test_pipeline_rolls_back_a_pass_that_changes_outputs(monkeypatch):
     result = run_pipeline(model, ["harmful", "crashing", "remove-noops"], PassContext(),
                           _feeds(model))
     harm, crash, noop = result.outcomes
-    assert harm.status == "rolled-back" and "changed outputs by up to" in harm.message
+    assert harm.status == "rolled-back" and "changed output 'y' by" in harm.message
     assert harm.max_change["y"] > 0.1
     assert crash.status == "failed" and crash.message == "RuntimeError: boom"
     assert noop.status == "unchanged"
@@ -295,3 +296,114 @@ def test_relative_change_on_sequences_and_strings():
     assert relative_change(before, same) == {"seq": 0.0, "text": 0.0, "x": pytest.approx(1e-7)}
     assert relative_change(before, changed) == {"seq": float("inf"), "text": float("inf"),
                                                 "x": 0.0}
+
+
+def _custom_domain_model() -> onnx.ModelProto:
+    """Ops with default-domain names in a custom domain: no pass may treat them as ONNX's."""
+    shape = numpy_helper.from_array(np.array([2, 3, 4], np.int64), "shape")
+    true = numpy_helper.from_array(np.array(True), "cond")
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["b"], name="inner")], "then",
+                               [], [value("b", TensorProto.FLOAT, [2, 3, 4])])
+    nodes = [
+        helper.make_node("Identity", ["x"], ["a"], name="identity", domain="com.example"),
+        helper.make_node("Cast", ["a"], ["c"], name="cast", to=TensorProto.FLOAT,
+                         domain="com.example"),
+        helper.make_node("Reshape", ["c", "shape"], ["d"], name="reshape", domain="com.example"),
+        helper.make_node("Dropout", ["d"], ["e"], name="dropout", domain="com.example"),
+        helper.make_node("If", ["cond"], ["f"], name="if", domain="com.example",
+                         then_branch=branch, else_branch=branch),
+        helper.make_node("Add", ["e", "f"], ["y"], name="add"),
+    ]
+    graph = helper.make_graph(nodes, "g", [X], [Y], [shape, true])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                   helper.make_opsetid("com.example", 1)])
+
+
+@pytest.mark.parametrize("name", list(PASSES))
+def test_passes_leave_custom_domain_ops_alone(name):
+    model = _custom_domain_model()
+    fixed = PASSES[name].run(model, PassContext())
+    def custom(m: onnx.ModelProto) -> list[tuple[str, str]]:
+        return sorted((n.name, n.op_type) for n in m.graph.node if n.domain == "com.example")
+
+    assert custom(fixed) == custom(model)  # folding may reorder them (toposort), not drop them
+
+
+def test_remove_noops_still_removes_onnx_identity_next_to_a_custom_one():
+    model = _custom_domain_model()
+    model.graph.node.insert(0, helper.make_node("Identity", ["x"], ["x2"], name="onnx_identity"))
+    model.graph.node[1].input[0] = "x2"
+    fixed = PASSES["remove-noops"].run(model, PassContext())
+    assert [n.name for n in fixed.graph.node if n.op_type == "Identity"] == ["identity"]
+
+
+ZOO = os.path.join(os.path.dirname(__file__), os.pardir, "zoo", "real")
+
+
+@pytest.mark.parametrize("model_name", ["bert_tiny_classic", "gpt2_tiny_dynamo",
+                                        "mobilenet_v3_tiny_qdq", "ssdlite_tiny_classic"])
+def test_no_pass_mutates_its_input(model_name):
+    model = onnx.load(os.path.join(ZOO, f"{model_name}.onnx"))
+    before = model.SerializeToString(deterministic=True)
+    # Shapes make infer-shapes and initializer-inputs rewrite more of the graph.
+    shapes = {i.name: tuple(d.dim_value or 1 for d in i.type.tensor_type.shape.dim)
+              for i in model.graph.input}
+    for name, graph_pass in PASSES.items():
+        # A pass may refuse a model; it still must not edit it.
+        with contextlib.suppress(Exception):
+            graph_pass.run(model, PassContext(shapes=shapes))
+        assert model.SerializeToString(deterministic=True) == before, name
+
+
+def _perturb_largest_weight(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
+    """Scales the largest float weight by 1 + 1e-4: a real, small change of the computation."""
+    changed = onnx.ModelProto()
+    changed.CopyFrom(model)
+    floats = [t for t in changed.graph.initializer if t.data_type == TensorProto.FLOAT]
+    largest = max(floats, key=lambda t: np.prod(t.dims))
+    values = numpy_helper.to_array(largest) * np.float32(1 + 1e-4)
+    largest.CopyFrom(numpy_helper.from_array(values, largest.name))
+    return changed
+
+
+def _zoo_feeds(model_name: str) -> list[dict[str, np.ndarray]]:
+    import json
+
+    with open(os.path.join(ZOO, "manifest.json")) as stream:
+        manifest = json.load(stream)
+    entries = manifest if isinstance(manifest, list) else manifest["models"]
+    entry = next(e for e in entries if e["name"] == model_name)
+    rng = np.random.default_rng(0)
+    return [{name: rng.integers(low, high + 1, shape).astype(np.int64)
+             for name, shape in entry["input_shapes"].items()
+             for low, high in [entry["val_ranges"][name]]}]
+
+
+@pytest.mark.parametrize("model_name", ["bert_tiny_classic", "gpt2_tiny_classic"])
+def test_onnx_runtime_noise_is_allowed_and_a_perturbed_weight_rolled_back(model_name,
+                                                                        monkeypatch):
+    model = onnx.load(os.path.join(ZOO, f"{model_name}.onnx"))
+    passes = {**PASSES, "perturb": GraphPass("perturb", _perturb_largest_weight)}
+    monkeypatch.setattr("trtcheck.passes.pipeline.PASSES", passes)
+    # rtol 0: only the measured noise floor may let infer-shapes' kernel noise through.
+    result = run_pipeline(model, ["infer-shapes", "fold-constants", "perturb"], PassContext(),
+                          _zoo_feeds(model_name), rtol=0.0)
+    infer, fold, perturb = result.outcomes
+    noise = result.noise
+    assert noise is not None and noise.settings == ("rerun", "basic", "disabled")
+    assert noise.largest > 0  # ONNX Runtime with fewer optimizations rounds differently
+    assert max(infer.max_change.values()) > 0, "infer-shapes changes the kernels ORT picks"
+    assert infer.status == "changed" and fold.status == "changed", (infer.message, fold.message)
+    assert perturb.status == "rolled-back" and "ONNX Runtime's own spread" in perturb.message
+    worst = max(perturb.max_change, key=perturb.max_change.get)
+    assert perturb.max_change[worst] > 10 * noise.allowed(worst)
+
+
+def test_noise_floor_allowance_rules():
+    from trtcheck.passes.pipeline import NoiseFloor
+
+    noise = NoiseFloor({"a": 0.0, "b": 2e-7, "c": 1.0, "d": float("inf")}, ("rerun",), 1e-6)
+    assert noise.allowed("a") == 1e-6  # the rtol floor
+    assert noise.allowed("b") == pytest.approx(2e-6)  # 10 x the spread
+    assert noise.allowed("c") == noise.ceiling  # instability is not noise
+    assert noise.allowed("d") == 1e-6  # runs that disagree on NaNs say nothing of rounding

@@ -19,7 +19,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from trtcheck.errors import UsageError
@@ -111,19 +111,86 @@ def write_npz(path: Path, arrays: dict) -> None:
 
 
 # Protobuf cannot serialise more than 2 GB; larger models keep their weights beside them.
-_EXTERNAL_DATA_BYTES = 1_800_000_000
+EXTERNAL_DATA_BYTES = 1_800_000_000
+# Tensors of at least this many bytes go to the data file (onnx.save's own threshold).
+_EXTERNAL_TENSOR_BYTES = 1024
 
 
-def save_onnx(model, path: Path) -> None:
-    """Writes an ONNX model atomically, its weights in `NAME.data` beside it if over 2 GB.
+def fits_in_protobuf(model) -> bool:
+    """Whether `model` serialises as one message, under `EXTERNAL_DATA_BYTES`."""
+    from google.protobuf.message import EncodeError
+
+    try:
+        return model.ByteSize() <= EXTERNAL_DATA_BYTES
+    except EncodeError:  # protobuf cannot even size a message over 2 GB ("Failed to serialize")
+        return False
+
+
+def _external_bytes(tensor, weights_folder: Path | None) -> bytes:
+    from onnx.external_data_helper import ExternalDataInfo
+
+    info = ExternalDataInfo(tensor)
+    with open(Path(weights_folder or ".") / info.location, "rb") as data:
+        data.seek(info.offset or 0)
+        return data.read(info.length) if info.length else data.read()
+
+
+def _write_with_external_data(model, model_path: Path, data_name: str,
+                              weights_folder: Path | None) -> None:
+    """Writes `model` to `model_path`, its tensors of 1 KB or more to `data_name` beside it.
+
+    `onnx.save(save_as_external_data=True)` clears the weights out of the model it is given;
+    here they are put back, so the caller's model is unchanged. Tensors already external (their
+    data in `weights_folder`) are copied into the new data file.
+    """
+    import onnx
+
+    from trtcheck.model import all_initializers
+
+    moved: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]]]] = []
+    try:
+        with open(model_path.parent / data_name, "wb") as data:
+            for tensor in all_initializers(model.graph):
+                external = tensor.data_location == onnx.TensorProto.EXTERNAL
+                raw = _external_bytes(tensor, weights_folder) if external else tensor.raw_data
+                if not external and len(raw) < _EXTERNAL_TENSOR_BYTES:
+                    continue
+                moved.append((tensor, None if external else raw,
+                              [(entry.key, entry.value) for entry in tensor.external_data]))
+                offset = data.tell()
+                data.write(raw)
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                for key, value in (("location", data_name), ("offset", str(offset)),
+                                   ("length", str(len(raw)))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+        onnx.save(model, str(model_path))
+    finally:
+        for tensor, inline, previous in reversed(moved):
+            del tensor.external_data[:]
+            if inline is None:
+                for key, value in previous:
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+            else:
+                tensor.raw_data = inline
+                tensor.data_location = onnx.TensorProto.DEFAULT
+
+
+def save_onnx(model, path: Path, external_data: bool = False,
+              weights_folder: Path | None = None) -> None:
+    """Writes an ONNX model atomically, its weights in `NAME.data` if asked or over 2 GB.
 
     With external data, both files are written in a temporary folder beside `path` and renamed
     into place, the weights first, so that the model never points at a half-written file.
+    `weights_folder` is where the model's own external data lives, if it has any.
     """
     import onnx
 
     path = Path(path)
-    if model.ByteSize() <= _EXTERNAL_DATA_BYTES:
+    if not external_data and weights_folder is None and fits_in_protobuf(model):
         write_atomically(path, lambda partial: onnx.save(model, partial))
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,12 +198,52 @@ def save_onnx(model, path: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=_partial_prefix(path), dir=path.parent))
     try:
         data_name = f"{path.name}.data"
-        onnx.save(model, str(staging / path.name), save_as_external_data=True,
-                  location=data_name)
+        _write_with_external_data(model, staging / path.name, data_name, weights_folder)
         os.replace(staging / data_name, path.parent / data_name)
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def session_source(model, path: Path) -> bytes | str:
+    """What an ONNX Runtime session loads for `model`: its serialised bytes, or a path.
+
+    ONNX Runtime takes bytes only under protobuf's 2 GB limit ("Failed to serialize proto"), so a
+    larger model is saved to `path` (a work file) with its weights beside it, and the path is
+    returned.
+    """
+    if fits_in_protobuf(model):
+        return model.SerializeToString()
+    save_onnx(model, path, external_data=True)
+    return str(path)
+
+
+@contextlib.contextmanager
+def session_file(model, weights_folder: Path | None = None) -> Iterator[bytes | str]:
+    """`session_source` for one run; the files it writes are removed when the block ends.
+
+    A model whose weights are external in `weights_folder` (see `model.offload_weights`) is
+    written there, so that ONNX Runtime finds them beside it.
+    """
+    import onnx
+
+    if weights_folder is not None:
+        handle, name = tempfile.mkstemp(prefix="session-", suffix=".onnx", dir=weights_folder)
+        os.close(handle)
+        try:
+            onnx.save(model, name)
+            yield name
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return
+    if fits_in_protobuf(model):
+        yield model.SerializeToString()
+        return
+    folder = Path(tempfile.mkdtemp(prefix="session-", dir=session_work_folder()))
+    try:
+        yield session_source(model, folder / "model.onnx")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -198,15 +198,22 @@ def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOpti
 
 def onnxrt_session_source(model: LoadedModel, backend: Backend, options: BackendOptions,
                           mark: Sequence[str] = ()) -> bytes | str:
-    """The model an ONNX Runtime session loads: serialised bytes, or a path (external data)."""
+    """The model an ONNX Runtime session loads: serialised bytes, or a path (external data).
+
+    An emulated or marked model over 2 GB cannot be serialised: it is saved with its weights
+    beside it in the work folder, and the session loads that path.
+    """
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.emulated or mark:
+        from trtcheck.atomic import session_source, session_work_folder
+
         runnable = emulated_model(model, plan) if backend.emulated else model.proto
         if mark:
             from trtcheck.marking import mark_outputs
 
             runnable = mark_outputs(runnable, mark)
-        return runnable.SerializeToString()
+        folder = options.work_dir or session_work_folder()
+        return session_source(runnable, folder / f"{model.path.stem}.{backend.name}.session.onnx")
     if model.has_external_data():
         return str(model.path)
     return model.proto.SerializeToString()

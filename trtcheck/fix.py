@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 
-from trtcheck.atomic import save_onnx
+from trtcheck.atomic import fits_in_protobuf, save_onnx, session_work_folder
 from trtcheck.errors import BackendRunError, ModelError
 from trtcheck.inputs import Feeds, InputSettings, make_feeds
-from trtcheck.model import LoadedModel, load_model
+from trtcheck.model import LoadedModel, load_model, offload_weights
 from trtcheck.passes import PassContext
 from trtcheck.passes.pipeline import DEFAULT_RTOL, PipelineResult, run_pipeline, select_passes
 
@@ -30,15 +31,26 @@ def apply_passes(model: LoadedModel, names: list[str] | None, feeds: Feeds,
     """Runs the selected passes (all by default) on `model`, verified on `feeds`.
 
     With `static_shapes`, dynamic input dimensions become the fed shapes in the result.
+    Over 2 GB, which protobuf can neither copy nor serialise, the passes work on a copy whose
+    weights are external data in a work folder (`PipelineResult.weights_folder`).
     """
     shapes = {d.name: d.shape for d in feeds.described if model.input(d.name).is_dynamic}
     context = PassContext(shapes=shapes if static_shapes else {})
-    return run_pipeline(model.proto, select_passes(names), context, feeds.iterations, rtol)
+    proto, weights_folder = model.proto, None
+    if not fits_in_protobuf(proto):
+        weights_folder = Path(tempfile.mkdtemp(prefix="weights-", dir=session_work_folder()))
+        proto = offload_weights(proto, weights_folder)
+    return run_pipeline(proto, select_passes(names), context, feeds.iterations, rtol,
+                        weights_folder)
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Writes `model` to `path` through a temporary file, weights beside it if over 2 GB."""
-    save_onnx(model, path)
+def save_model(model: onnx.ModelProto, path: Path, external_data: bool = False,
+               weights_folder: Path | None = None) -> None:
+    """Writes `model` to `path` through a temporary file, weights beside it if asked or over 2 GB.
+
+    `weights_folder` holds the weights of a model the passes worked on offloaded.
+    """
+    save_onnx(model, path, external_data=external_data, weights_folder=weights_folder)
 
 
 def fix_model(source: Path, output: Path | None, passes: list[str] | None = None,
@@ -66,6 +78,8 @@ def _fix_model(source: Path, output: Path | None, passes: list[str] | None,
         raise BackendRunError(f"{source}: cannot verify the passes: {result.reason_unverified}; "
                               "nothing written (--no-verify writes it unverified)")
     if output is not None:
-        save_model(result.model, Path(output))
+        # Weights stay in external data when the input kept them there.
+        save_model(result.model, Path(output), external_data=model.has_external_data(),
+                   weights_folder=result.weights_folder)
     return FixResult(Path(source), Path(output) if output else None, result, feeds,
                      len(model.proto.graph.node), len(result.model.graph.node))

@@ -29,6 +29,6 @@ def mark_outputs(model: onnx.ModelProto, mark: Sequence[str]) -> onnx.ModelProto
 
     own = [output.name for output in model.graph.output]
     wanted = own + [name for name in dict.fromkeys(mark) if name not in set(own)]
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return ModifyOutputs(copy, outputs=wanted)()
+    from trtcheck.model import copy_model  # CopyFrom fails over 2 GB
+
+    return ModifyOutputs(copy_model(model), outputs=wanted)()

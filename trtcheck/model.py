@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class LoadedModel:
     sha256: str
     inputs: tuple[InputInfo, ...]
     output_names: tuple[str, ...]
+    # The file keeps (some) weights in external data; `proto` holds them all the same.
+    external_data: bool = False
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -55,18 +58,21 @@ class LoadedModel:
         raise KeyError(name)
 
     def has_external_data(self) -> bool:
-        return any(_is_external(t) for t in _all_initializers(self.proto.graph))
+        """Whether the file on disk keeps weights in external data (they are loaded anyway)."""
+        return self.external_data or any(_is_external(t)
+                                         for t in all_initializers(self.proto.graph))
 
 
-def _all_initializers(graph: onnx.GraphProto):
+def all_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every initializer of `graph` and of its subgraphs."""
     yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_initializers(attr.g)
+                yield from all_initializers(attr.g)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for sub in attr.graphs:
-                    yield from _all_initializers(sub)
+                    yield from all_initializers(sub)
 
 
 def _is_external(tensor: onnx.TensorProto) -> bool:
@@ -75,7 +81,7 @@ def _is_external(tensor: onnx.TensorProto) -> bool:
 
 def _check_external_locations(model: onnx.ModelProto, model_path: Path) -> None:
     base = model_path.parent.resolve()
-    for tensor in _all_initializers(model.graph):
+    for tensor in all_initializers(model.graph):
         if not _is_external(tensor):
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -143,7 +149,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
             "pass a .onnx file"
         )
     _check_external_locations(model, model_path)
-    if any(_is_external(t) for t in _all_initializers(model.graph)):
+    external_data = any(_is_external(t) for t in all_initializers(model.graph))
+    if external_data:
         try:
             onnx.load_external_data_for_model(model, str(model_path.parent))
         except (ValueError, OSError) as err:
@@ -163,4 +170,47 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         sha256=sha256_of(model_path),
         inputs=_input_infos(model.graph),
         output_names=tuple(out.name for out in model.graph.output),
+        external_data=external_data,
     )
+
+
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model`, also over 2 GB.
+
+    Protobuf copies a message by serialising it, which fails over 2 GB ("Failed to serialize
+    proto"); copying the graph's parts one by one keeps each copy under the limit.
+    """
+    from trtcheck.atomic import fits_in_protobuf
+
+    copy = onnx.ModelProto()
+    if fits_in_protobuf(model):
+        copy.CopyFrom(model)
+        return copy
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph)
+    return copy
+
+
+def _copy_fields(source, target, skip: str = "") -> None:
+    for descriptor, value in source.ListFields():
+        if descriptor.name == skip:
+            continue
+        if descriptor.is_repeated:
+            getattr(target, descriptor.name).extend(value)  # one message at a time
+        elif descriptor.message_type is not None:
+            getattr(target, descriptor.name).CopyFrom(value)
+        else:
+            setattr(target, descriptor.name, value)
+
+
+def offload_weights(model: onnx.ModelProto, folder: Path) -> onnx.ModelProto:
+    """A copy of `model` whose weights (tensors of 1 KB or more) are external data in `folder`.
+
+    For models over 2 GB, which protobuf can neither serialise nor copy: passes work on the
+    light copy, and ONNX Runtime loads it from a path in `folder`.
+    """
+    from trtcheck.atomic import save_onnx
+
+    path = folder / "weights.onnx"
+    save_onnx(model, path, external_data=True)
+    return onnx.load(str(path), load_external_data=False)

@@ -466,9 +466,9 @@ class _Analysis:
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
+    from trtcheck.model import copy_model  # CopyFrom fails over 2 GB
+
+    return copy_model(model)
 
 
 class _Rewrite:

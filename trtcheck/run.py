@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -105,27 +106,61 @@ def run_marked(model: LoadedModel, backend: Backend, options: BackendOptions, fe
     return {key: np.asarray(value) for key, value in ran[0].items()}
 
 
-def run_onnx(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activations]:
+# ONNX Runtime settings whose outputs differ from the default's by rounding only: the same model
+# run again, and with fewer graph optimizations (other fusions and kernels). A graph pass changes
+# which fusions and kernels ONNX Runtime picks in the same way, so the spread across these is
+# the noise a pass's verification must allow (`passes.pipeline`).
+ORT_SETTINGS = {"default": "ORT_ENABLE_ALL", "rerun": "ORT_ENABLE_ALL",
+                "basic": "ORT_ENABLE_BASIC", "disabled": "ORT_DISABLE_ALL"}
+
+
+def run_onnx(model: onnx.ModelProto, iterations: Sequence[Feed],
+             weights_folder: Path | None = None) -> list[Activations]:
     """ONNX Runtime on CPU straight from a proto, for verifying graph passes (no Polygraphy).
 
+    `weights_folder` holds the external data the model refers to (`model.offload_weights`).
     Raises `BackendRunError`; callers that expect failures (a pass that broke the model) catch it.
     """
+    return run_onnx_settings(model, iterations, ("default",), weights_folder)["default"]
+
+
+def run_onnx_settings(model: onnx.ModelProto, iterations: Sequence[Feed],
+                      settings: Sequence[str],
+                      weights_folder: Path | None = None) -> dict[str, list[Activations]]:
+    """`run_onnx` under each of `settings` (names in `ORT_SETTINGS`), in one child process."""
     from trtcheck import isolation
+    from trtcheck.atomic import session_file
 
-    return isolation.call(_run_onnx_here, model, iterations, what="onnxrt (graph pass check)")
+    with session_file(model, weights_folder) as source:
+        return isolation.call(_run_onnx_here, source, iterations, tuple(settings),
+                              what="onnxrt (graph pass check)")
 
 
-def _run_onnx_here(model: onnx.ModelProto, iterations: Sequence[Feed]) -> list[Activations]:
+def _run_onnx_here(source: bytes | str, iterations: Sequence[Feed],
+                   settings: tuple[str, ...]) -> dict[str, list[Activations]]:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
-    try:
-        session = onnxruntime.InferenceSession(model.SerializeToString(),
-                                               providers=["CPUExecutionProvider"])
-        names = [output.name for output in session.get_outputs()]
-        return [dict(zip(names, session.run(names, feed), strict=True)) for feed in iterations]
-    except Exception as err:
-        raise _run_error("onnxrt", "failed to run the model", err, hint="") from err
+    sessions: dict[str, Any] = {}
+    results: dict[str, list[Activations]] = {}
+    for setting in settings:
+        level = ORT_SETTINGS[setting]
+        try:
+            if level not in sessions:
+                options = onnxruntime.SessionOptions()
+                options.graph_optimization_level = getattr(onnxruntime.GraphOptimizationLevel,
+                                                           level)
+                sessions[level] = onnxruntime.InferenceSession(
+                    source, options, providers=["CPUExecutionProvider"])
+            session = sessions[level]
+            names = [output.name for output in session.get_outputs()]
+            results[setting] = [dict(zip(names, session.run(names, feed), strict=True))
+                                for feed in iterations]
+        except Exception as err:
+            if setting == settings[0]:
+                raise _run_error("onnxrt", "failed to run the model", err, hint="") from err
+            # The other settings only measure noise; one that cannot run measures nothing.
+    return results
 
 
 def feeds_key(iterations: Sequence[Feed]) -> str:

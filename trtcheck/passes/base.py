@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import onnx
 import onnx_graphsurgeon as gs
 
+from trtcheck.model import copy_model
+
 
 @dataclass(frozen=True)
 class PassContext:
@@ -28,6 +30,16 @@ class GraphPass:
         return (self.run.__doc__ or "").strip()
 
 
+# The default ONNX domain. Passes rewrite only ops of this domain: a custom-domain `Identity` or
+# `Cast` means whatever its runtime says, not what the ONNX operator does.
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def is_onnx_op(node: gs.Node, *ops: str) -> bool:
+    """Whether `node` is an op of the default ONNX domain (one of `ops`, if given)."""
+    return (node.domain or "") in ONNX_DOMAINS and (not ops or node.op in ops)
+
+
 class PassNotApplicable(Exception):
     """A pass that cannot work on this model (reported as skipped, not as a failure)."""
 
@@ -40,13 +52,17 @@ def _has_optional_values(graph: onnx.GraphProto) -> bool:
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
     """Imports `model` into onnx-graphsurgeon, refusing what its exporter cannot write back.
 
+    The model itself is never modified.
+
     onnx-graphsurgeon 0.6 imports optional-typed values but its exporter raises on them
     (UnboundLocalError in export_value_info_proto), so such models are skipped up front.
     """
     if _has_optional_values(model.graph):
         raise PassNotApplicable("the model has optional-typed values, which onnx-graphsurgeon "
                                 "cannot export")
-    return gs.import_onnx(model)
+    # onnx-graphsurgeon 0.6 keeps the imported TensorProtos (LazyValues) and its exporter renames
+    # them in place (`export_tensor_proto`), which would edit the caller's model: import a copy.
+    return gs.import_onnx(copy_model(model))
 
 
 def export_like(graph: gs.Graph, original: onnx.ModelProto) -> onnx.ModelProto:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph
+from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph, is_onnx_op
 
 
 def _dtype(tensor: gs.Tensor) -> np.dtype | None:
@@ -17,6 +17,8 @@ def _dtype(tensor: gs.Tensor) -> np.dtype | None:
 
 
 def _is_noop(node: gs.Node, graph_outputs: list[gs.Tensor]) -> bool:
+    if not is_onnx_op(node):
+        return False
     if node.op == "Identity":
         return True
     if node.op == "Dropout":
@@ -82,6 +84,7 @@ def _bypass(graph: gs.Graph, node: gs.Node) -> bool:
 def remove_noops(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
     """Removes nodes whose output equals their input.
 
+    - Only ops of the default ONNX domain: a custom-domain `Identity` may do anything.
     - `Identity`.
     - `Dropout` at inference (no `training_mode`, or a constant false one) whose mask is unused.
     - `Cast` to the type its input already has.

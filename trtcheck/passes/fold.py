@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph
+from trtcheck.passes.base import GraphPass, PassContext, export_like, import_graph, is_onnx_op
 
 
 def infer_shapes(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
@@ -44,7 +44,7 @@ def split_sliced_shapes(graph: gs.Graph) -> None:
     folded correctly, so this runs before any graphsurgeon folding.
     """
     for node in list(graph.nodes):
-        if node.op != "Shape" or not ({"start", "end"} & set(node.attrs)):
+        if not is_onnx_op(node, "Shape") or not ({"start", "end"} & set(node.attrs)):
             continue
         start = int(node.attrs.pop("start", 0))
         end = node.attrs.pop("end", None)

@@ -12,6 +12,7 @@ from trtcheck.passes.base import (
     default_opset,
     export_like,
     import_graph,
+    is_onnx_op,
 )
 from trtcheck.passes.fold import split_sliced_shapes
 from trtcheck.trt_support import initializer_inputs as table_initializer_inputs
@@ -50,7 +51,7 @@ def input_indices(node: gs.Node, names: set[str], opset: int) -> list[int]:
 def is_constant(tensor: gs.Tensor) -> bool:
     """An initializer, or the output of a `Constant` node (TensorRT reads both as weights)."""
     return isinstance(tensor, gs.Constant) or bool(
-        tensor.inputs and tensor.inputs[0].op == "Constant")
+        tensor.inputs and is_onnx_op(tensor.inputs[0], "Constant"))
 
 
 def constant_value(graph: gs.Graph, tensor: gs.Tensor) -> np.ndarray | None:
@@ -82,6 +83,8 @@ def make_initializer_inputs(model: onnx.ModelProto, context: PassContext) -> onn
     graph.toposort()
     opset = default_opset(model)
     for node in list(graph.nodes):
+        if not is_onnx_op(node):
+            continue
         names = _MUST_BE_CONSTANT.get(node.op, set()) | table_initializer_inputs(node.op)
         for index in input_indices(node, names, opset):
             tensor = node.inputs[index]
@@ -107,7 +110,8 @@ def _type_slots(schema: onnx.defs.OpSchema, node: gs.Node) -> dict[str, list[tup
 
 
 def _fits_int32(tensor: gs.Tensor) -> bool:
-    if not isinstance(tensor, gs.Constant) or tensor.values.dtype != np.int64:
+    # `dtype` first: `values` would load a weight that may be external (over 2 GB).
+    if not isinstance(tensor, gs.Constant) or tensor.dtype != np.int64:
         return False
     values = np.asarray(tensor.values)
     info = np.iinfo(np.int32)
@@ -134,7 +138,8 @@ def narrow_int64(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProt
     opset = default_opset(model)
     narrowed: dict[str, gs.Constant] = {}
     for node in graph.nodes:
-        schema = _schema(node, opset)
+        # Other domains have their own opset versions; the default one's says nothing of them.
+        schema = _schema(node, opset) if is_onnx_op(node) else None
         if schema is None:
             continue
         allowed = {c.type_param_str: set(c.allowed_type_strs) for c in schema.type_constraints}
@@ -179,7 +184,7 @@ def inline_if(model: onnx.ModelProto, context: PassContext) -> onnx.ModelProto:
         return candidate
 
     for node in list(graph.nodes):
-        if node.op != "If" or not isinstance(node.inputs[0], gs.Constant):
+        if not is_onnx_op(node, "If") or not isinstance(node.inputs[0], gs.Constant):
             continue
         condition = bool(np.asarray(node.inputs[0].values).ravel()[0])
         branch: gs.Graph = node.attrs["then_branch" if condition else "else_branch"]

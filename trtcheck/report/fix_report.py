@@ -32,8 +32,11 @@ class FixView:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         result = self.result
         table = Table(show_edge=False, header_style="bold")
-        for column in ("pass", "status", "nodes", "op changes", "max output change", "seconds"):
-            table.add_column(column)
+        # Pass names are never cut or split; the other columns wrap at the console's width.
+        longest = max((len(o.name) for o in result.pipeline.outcomes), default=4)
+        table.add_column("pass", no_wrap=True, min_width=longest)
+        for column in ("status", "nodes", "op changes", "max output change", "seconds"):
+            table.add_column(column, overflow="fold")
         for outcome in result.pipeline.outcomes:
             worst = max(outcome.max_change.values(), default=None)
             table.add_row(
@@ -47,6 +50,14 @@ class FixView:
             if outcome.message:
                 parts.append(Text(f"  {outcome.name}: {outcome.message}",
                                   style=_STATUS_STYLE.get(outcome.status, "")))
+        noise = result.pipeline.noise
+        if noise is not None:
+            parts.append(Text(
+                f"noise floor: ONNX Runtime's own spread on the original "
+                f"({', '.join(noise.settings) or 'no other run'}) is up to "
+                f"{_change(noise.largest)}; a pass may change an output by max(rtol "
+                f"{noise.rtol:g}, {noise.margin:g} x its spread), the spread's share at most "
+                f"{noise.ceiling:g}"))
         if result.pipeline.final_change is not None:
             worst = max(result.pipeline.final_change.values(), default=0.0)
             parts.append(Text(f"result vs original: largest output change {_change(worst)} "
@@ -64,6 +75,8 @@ def fix_to_dict(result: FixResult) -> dict[str, Any]:
     def number(value: float) -> float | str:
         return "inf" if math.isinf(value) else value
 
+    noise = result.pipeline.noise
+
     return {
         "schema": "trtcheck.fix",
         "schema_version": 1,
@@ -79,6 +92,11 @@ def fix_to_dict(result: FixResult) -> dict[str, Any]:
              "seconds": round(o.seconds, 4)}
             for o in result.pipeline.outcomes
         ],
+        "noise_floor": None if noise is None else {
+            "settings": list(noise.settings), "rtol": noise.rtol, "margin": noise.margin,
+            "ceiling": noise.ceiling,
+            "spread": {k: number(v) for k, v in noise.spread.items()},
+            "allowed": {k: noise.allowed(k) for k in noise.spread}},
         "final_change": None if result.pipeline.final_change is None else {
             k: number(v) for k, v in result.pipeline.final_change.items()},
         "inputs": [{"name": d.name, "dtype": d.dtype, "shape": list(d.shape),
