@@ -8,17 +8,32 @@ Polygraphy decides the tolerance verdicts (`SimpleCompareFunc`, `CosineSimilarit
 - a non-finite target value where the reference is finite fails whatever the tolerance (a `median`
   or `quantile` statistic would otherwise let a few infs through);
 - it reports where the worst error is, how many elements exceed tolerance, the 99th percentile and
-  the smallest tolerances that would pass.
+  the smallest tolerances that would pass;
+- nothing passes vacuously: an output empty in both runs is not counted as checked, a constant or
+  all-zero reference is a warning (Polygraphy reports the cosine of two zero vectors as 1.0; here
+  it is undefined), and when no output carried signal the comparison is an error;
+- integer and bool outputs are compared exactly (or by a declared agreement rate), never with
+  float tolerances and cosine;
+- declared detection outputs are paired by class and IoU (`trtcheck.detections`) before their
+  values are compared, since their order after NMS/TopK means nothing.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from trtcheck.detections import (
+    DetectionMatch,
+    DetectionSpec,
+    aligned,
+    check_specs,
+    is_batched,
+    match_detections,
+)
 from trtcheck.errors import TrtcheckError
 from trtcheck.tolerance import Tolerance, Tolerances
 
@@ -31,6 +46,10 @@ class ComparisonError(TrtcheckError):
     """The two runs cannot be compared: outputs missing, extra, or none at all."""
 
     exit_code = 3
+
+
+class NoSignalError(ComparisonError):
+    """Every output was empty or constant in both runs: the inputs did not exercise the model."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,8 @@ class OutputDiff:
     max_rel_error: float
     mean_abs_error: float
     p99_abs_error: float
-    cosine: float
+    # None when undefined: either vector is all zero, or the output is compared exactly.
+    cosine: float | None
     snr: float | None
     # Smallest atol (rtol) that passes with the other tolerance unchanged; None if none would.
     required_atol: float | None
@@ -63,6 +83,23 @@ class OutputDiff:
     # Small summaries of the whole error distribution, for reports that never hold tensors.
     histogram: ErrorHistogram | None = None
     sample: ErrorSample | None = None
+    # "elementwise" (float tolerances), "exact" (integer and bool outputs: agreement rate) or
+    # "detections" (paired by class and IoU first; `detections` holds the pairing).
+    method: str = "elementwise"
+    # False when the output had no elements in either run: reported, not counted as checked.
+    checked: bool = True
+    # False when the reference was empty, all zero or constant: it says little about the model.
+    signal: bool = True
+    # What the verdict may hide: a constant or all-zero reference, an undefined cosine.
+    warnings: tuple[str, ...] = ()
+    detections: DetectionMatch | None = None
+
+    @property
+    def agreement(self) -> float | None:
+        """Fraction of equal elements of an exactly compared output; None for float outputs."""
+        if self.method != "exact" or not self.elements:
+            return None
+        return 1 - self.exceeding / self.elements
 
 
 @dataclass(frozen=True)
@@ -166,7 +203,8 @@ def _required(absdiff, reldiff, tol: Tolerance, nonfinite: int):
 
 
 def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Tolerance,
-              simple_ok: bool, cosine: float, snr: float | None, iteration: int) -> OutputDiff:
+              simple_ok: bool, cosine: float | None, snr: float | None,
+              iteration: int) -> OutputDiff:
     if target.shape != reference.shape:
         return OutputDiff(
             name, tuple(reference.shape), str(reference.dtype), tol, False,
@@ -174,6 +212,10 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
             int(reference.size), int(reference.size), 0, math.nan, (), math.nan, math.nan,
             math.nan, math.nan, math.nan, cosine, snr, None, None, iteration,
         )
+    if reference.size == 0:
+        return _empty_diff(name, reference, tol, iteration)
+    if is_exact(target, reference):
+        return _exact_diff(name, target, reference, tol, iteration)
     absdiff, reldiff = _abs_rel(target, reference)
     failing = _failing_elements(absdiff, reldiff, tol)
     nonfinite = 0
@@ -195,7 +237,7 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
         failures.append(f"{tol.check_error_stat} error exceeds atol={tol.atol:g}/rtol={tol.rtol:g}")
     if nonfinite:
         failures.append(f"{nonfinite} non-finite value(s) where the reference is finite")
-    if tol.min_cosine is not None and not cosine >= tol.min_cosine:
+    if tol.min_cosine is not None and cosine is not None and not cosine >= tol.min_cosine:
         failures.append(f"cosine {cosine:.6f} < {tol.min_cosine:g}")
     if tol.min_snr is not None and not (snr is not None and snr >= tol.min_snr):
         failures.append(f"SNR {snr:.2f} dB < {tol.min_snr:g} dB")
@@ -211,8 +253,14 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
     )
 
 
-def cosine_similarity(target: np.ndarray, reference: np.ndarray) -> float:
-    """Cosine similarity of the flattened arrays, as Polygraphy's compare function computes it."""
+def cosine_similarity(target: np.ndarray, reference: np.ndarray) -> float | None:
+    """Cosine similarity of the flattened arrays; None when either is all zero (undefined).
+
+    Polygraphy's compare function says 1.0 for two zero vectors and 0.0 for one, which reads as
+    a verdict on values that were never compared.
+    """
+    if not np.any(target) or not np.any(reference):
+        return None
     t64, r64 = target.astype(np.float64).ravel(), reference.astype(np.float64).ravel()
     with np.errstate(all="ignore"):
         norms = float(np.linalg.norm(t64) * np.linalg.norm(r64))
@@ -228,6 +276,10 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
     """
     if target.shape != reference.shape:
         return True
+    if reference.size == 0:
+        return False  # nothing to compare; the shapes agree
+    if is_exact(target, reference):
+        return not _agrees(int((target != reference).sum()), reference.size, tol)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if np.issubdtype(target.dtype, np.floating) and (
@@ -242,8 +294,9 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
                 math.isnan(stat_rel) or stat_rel > tol.rtol)
         if simple_failed:
             return True
-        if tol.min_cosine is not None and not cosine_similarity(target, reference) >= \
-                tol.min_cosine:
+        cosine = cosine_similarity(target, reference)
+        # An undefined cosine (a zero tensor) leaves the verdict to the elementwise criteria.
+        if tol.min_cosine is not None and cosine is not None and not cosine >= tol.min_cosine:
             return True
         if tol.min_snr is not None:
             noise = float(np.mean((target.astype(np.float64) - reference.astype(np.float64)) ** 2))
@@ -253,6 +306,151 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
             if not snr >= tol.min_snr:
                 return True
     return False
+
+
+EMPTY_WARNING = "empty in both runs: not checked"
+
+
+def is_exact(target: np.ndarray, reference: np.ndarray) -> bool:
+    """Integer and bool outputs (labels, indices, token ids, masks) are compared exactly."""
+    return {np.dtype(target.dtype).kind, np.dtype(reference.dtype).kind} <= {"i", "u", "b"}
+
+
+def _agrees(differing: int, elements: int, tol: Tolerance) -> bool:
+    minimum = 1.0 if tol.min_agreement is None else tol.min_agreement
+    return not elements or 1 - differing / elements >= minimum
+
+
+def agreement_text(differing: int, elements: int) -> str:
+    """'agreement 99.5%, 2 of 400 differ'; rounded down, so a difference never shows as 100%."""
+    percent = math.floor(1000 * (elements - differing) / elements) / 10 if elements else 100.0
+    return f"agreement {percent:g}%, {differing} of {elements} differ"
+
+
+def _exact_diff(name: str, target: np.ndarray, reference: np.ndarray, tol: Tolerance,
+                iteration: int) -> OutputDiff:
+    differing = target != reference
+    absdiff, reldiff = _abs_rel(target, reference)
+    worst = int(np.argmax(absdiff))
+    failures: tuple[str, ...] = ()
+    if not _agrees(int(differing.sum()), reference.size, tol):
+        required = ("compared exactly" if tol.min_agreement is None else
+                    f"at least {100 * tol.min_agreement:g}% required")
+        failures = (f"{agreement_text(int(differing.sum()), reference.size)} ({required})",)
+    return OutputDiff(
+        name=name, shape=tuple(reference.shape), dtype=str(reference.dtype), tolerance=tol,
+        passed=not failures, failures=failures, elements=int(reference.size),
+        exceeding=int(differing.sum()), nonfinite_mismatches=0,
+        max_abs_error=float(absdiff.flat[worst]),
+        max_abs_index=tuple(int(i) for i in np.unravel_index(worst, absdiff.shape)),
+        reference_at_max=float(reference.flat[worst]), target_at_max=float(target.flat[worst]),
+        max_rel_error=float(reldiff.max()), mean_abs_error=float(absdiff.mean()),
+        p99_abs_error=float(np.quantile(absdiff, 0.99, method="higher")), cosine=None, snr=None,
+        required_atol=None, required_rtol=None, iteration=iteration,
+        histogram=error_histogram(absdiff), sample=error_sample(reference, absdiff),
+        method="exact",
+    )
+
+
+def _empty_diff(name: str, reference: np.ndarray, tol: Tolerance, iteration: int) -> OutputDiff:
+    return OutputDiff(
+        name, tuple(reference.shape), str(reference.dtype), tol, True, (), 0, 0, 0, 0.0, (), 0.0,
+        0.0, 0.0, 0.0, 0.0, None, None, None, None, iteration,
+        method="exact" if is_exact(reference, reference) else "elementwise", checked=False,
+        signal=False, warnings=(EMPTY_WARNING,))
+
+
+def _value_text(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def _reference_notes(target: np.ndarray, reference: np.ndarray) -> tuple[tuple[str, ...], bool]:
+    """Warnings about what the reference can tell, and whether it carried signal."""
+    flat = reference.ravel()
+    if flat.size == 0:
+        return (), False
+    first = flat[0]
+    constant = bool(np.all(flat == first))  # False with a NaN: NaN is signal enough
+    if constant and not first:
+        zero = "False" if reference.dtype == np.bool_ else "zero"
+        return (f"the reference is all {zero}: cosine is undefined and a target near it passes "
+                "any absolute tolerance; do the inputs exercise this output?",), False
+    if constant and flat.size > 1:
+        return (f"the reference is constant ({_value_text(first)} in all {flat.size} elements): "
+                "do the inputs exercise this output?",), False
+    if target.shape == reference.shape and not np.any(target):
+        return ("the target is all zero: cosine is undefined",), True
+    return (), True
+
+
+def _snr(target: np.ndarray, reference: np.ndarray) -> float:
+    noise = float(np.mean((target.astype(np.float64) - reference.astype(np.float64)) ** 2))
+    signal = float(np.mean(reference.astype(np.float64) ** 2))
+    if noise > 0 and signal > 0:
+        return 10 * math.log10(signal / noise)
+    return math.inf if noise == 0 else -math.inf
+
+
+def _describe_pairs(name: str, target: np.ndarray, reference: np.ndarray, tol: Tolerance,
+                    iteration: int) -> OutputDiff:
+    """`_describe` for arrays Polygraphy never saw (aligned detections), by the same rules."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        simple_ok = not tensor_verdict(target, reference,
+                                       replace(tol, min_cosine=None, min_snr=None))
+        snr = _snr(target, reference) if tol.min_snr is not None and reference.size else None
+        return _describe(name, target, reference, tol, simple_ok,
+                         cosine_similarity(target, reference), snr, iteration)
+
+
+def _detection_diffs(spec: DetectionSpec, reference: dict[str, np.ndarray],
+                     target: dict[str, np.ndarray], per_output: dict[str, Tolerance],
+                     iteration: int) -> dict[str, OutputDiff]:
+    """One diff per output of a detection set, failed by the pairing or by its own values.
+
+    Each output's paired values are held to its own tolerance (labels, equal by construction,
+    exactly).
+    """
+    match = match_detections(spec, reference, target)
+    batched = is_batched(spec, reference)
+    diffs = {}
+    for name in spec.outputs:
+        tol = per_output[name]
+        full_reference = np.asarray(reference[name])
+        if not match.reference_count and not match.target_count:
+            diffs[name] = replace(_empty_diff(name, full_reference, tol, iteration),
+                                  method="detections", detections=match,
+                                  warnings=("no detections in either run: not checked",))
+            continue
+        diff = _describe_pairs(name, aligned(target[name], match.target_index, batched),
+                               aligned(reference[name], match.reference_index, batched), tol,
+                               iteration)
+        index = diff.max_abs_index
+        if index:  # back from the pair's number to the reference's own position
+            row, detection = match.reference_index[index[0]]
+            index = ((row, detection) if batched else (detection,)) + index[1:]
+        failures = match.failures + diff.failures
+        diffs[name] = replace(diff, shape=tuple(full_reference.shape), passed=not failures,
+                              failures=failures, max_abs_index=index, method="detections",
+                              checked=True, signal=True, warnings=(), detections=match)
+    return diffs
+
+
+def check_signal(diffs: list[OutputDiff]) -> None:
+    """Raises `NoSignalError` when every output passed without carrying signal.
+
+    An output carries no signal when it is empty in both runs or its reference is all zero or
+    constant: random inputs often leave a detector with no detections or a classifier with one
+    answer, and a pass over those says nothing about the model. A failure is still reported.
+    """
+    if any(diff.signal for diff in diffs) or not all(diff.passed for diff in diffs):
+        return
+    reasons = "; ".join(f"{diff.name}: {diff.warnings[0] if diff.warnings else 'no signal'}"
+                        for diff in diffs)
+    raise NoSignalError(
+        f"no output carried signal, so a pass would mean nothing ({reasons}); the inputs do not "
+        "exercise the model: give realistic inputs (--val-range NAME:[LO,HI] per input, or "
+        "recorded ones with --inputs FILE.npz)")
 
 
 def _check_names(reference_outputs, target_outputs, reference_name: str, target_name: str):
@@ -280,8 +478,13 @@ def _exact_name(output_name, index, iter_result):
 
 
 def compare_runs(run_results, reference_name: str, target_name: str,
-                 tolerances: Tolerances) -> list[OutputDiff]:
-    """Compares every output of every iteration; returns the worst iteration of each output."""
+                 tolerances: Tolerances, detections: tuple[DetectionSpec, ...] = (),
+                 require_signal: bool = True) -> list[OutputDiff]:
+    """Compares every output of every iteration; returns the worst iteration of each output.
+
+    Outputs named by `detections` are paired by class and IoU first. With `require_signal`, a
+    pass where no output carried signal raises `NoSignalError` (exit 3).
+    """
     from polygraphy.comparator import Comparator
     from polygraphy.comparator.compare import (
         CosineSimilarityCompareFunc,
@@ -292,6 +495,7 @@ def compare_runs(run_results, reference_name: str, target_name: str,
     reference_iterations = run_results[reference_name]
     target_iterations = run_results[target_name]
     names = list(reference_iterations[0].keys())
+    check_specs(detections, tuple(names))
     for ref_it, tgt_it in zip(reference_iterations, target_iterations, strict=True):
         _check_names(list(ref_it.keys()), list(tgt_it.keys()), reference_name, target_name)
     per_output = {name: tolerances.for_output(name) for name in names}
@@ -311,7 +515,9 @@ def compare_runs(run_results, reference_name: str, target_name: str,
     ref_index = list(run_results.keys()).index(reference_name)
     tgt_index = list(run_results.keys()).index(target_name)
     # Target first: Polygraphy's rtol is relative to the second runner, which must be the reference.
-    with np.errstate(all="ignore"):
+    # Empty outputs make Polygraphy's statistics warn "Mean of empty slice"; they are reported.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         simple_results, cosine_results = Comparator.compare_accuracy(
             run_results, comparisons=[(tgt_index, ref_index)], compare_func=[simple, cosine])
     snr_results = None
@@ -322,34 +528,61 @@ def compare_runs(run_results, reference_name: str, target_name: str,
             (snr_results,) = Comparator.compare_accuracy(
                 run_results, comparisons=[(ref_index, tgt_index)], compare_func=[snr])
 
-    return _worst_per_output(run_results, reference_name, target_name, names, per_output,
-                             simple_results, cosine_results, snr_results)
+    diffs = _worst_per_output(run_results, reference_name, target_name, names, per_output,
+                              simple_results, cosine_results, snr_results, detections)
+    if require_signal:
+        check_signal(diffs)
+    return diffs
 
 
 def _worst_per_output(run_results, reference_name, target_name, names, per_output,
-                      simple_results, cosine_results, snr_results) -> list[OutputDiff]:
+                      simple_results, cosine_results, snr_results,
+                      detections: tuple[DetectionSpec, ...] = ()) -> list[OutputDiff]:
     reference_iterations = run_results[reference_name]
     target_iterations = run_results[target_name]
     pair = (target_name, reference_name)
     worst: dict[str, OutputDiff] = {}
+    signal: set[str] = set()
     for iteration, (ref_it, tgt_it) in enumerate(zip(reference_iterations, target_iterations,
                                                      strict=True)):
+        grouped: dict[str, OutputDiff] = {}
+        for spec in detections:
+            grouped.update(_detection_diffs(spec, ref_it, tgt_it, per_output, iteration))
         for name in names:
+            if name in grouped:
+                _keep_worse(worst, _with_notes(grouped[name], tgt_it[name], ref_it[name]), signal)
+                continue
             snr_value = None
             if snr_results is not None and per_output[name].min_snr is not None:
                 snr_value = float(snr_results[(reference_name, target_name)][iteration][name].snr)
             cosine_result = cosine_results[pair][iteration][name]
+            target, reference = np.asarray(tgt_it[name]), np.asarray(ref_it[name])
+            cosine: float | None = float(getattr(cosine_result, "cosine_similarity", math.nan))
+            if target.shape == reference.shape and (not np.any(target) or not np.any(reference)):
+                cosine = None  # Polygraphy's 1.0 (or 0.0) for zero vectors; see module docstring
             # All-NaN or empty slices are reported as nan, not warned about.
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 diff = _describe(
-                    name, np.asarray(tgt_it[name]), np.asarray(ref_it[name]), per_output[name],
-                    bool(simple_results[pair][iteration][name]),
-                    float(getattr(cosine_result, "cosine_similarity", math.nan)), snr_value,
-                    iteration,
+                    name, target, reference, per_output[name],
+                    bool(simple_results[pair][iteration][name]), cosine, snr_value, iteration,
                 )
-            previous = worst.get(name)
-            if previous is None or (previous.passed, -previous.max_abs_error) > (
-                    diff.passed, -diff.max_abs_error):
-                worst[name] = diff
-    return [worst[name] for name in names]
+            _keep_worse(worst, _with_notes(diff, target, reference), signal)
+    return [replace(worst[name], signal=name in signal) for name in names]
+
+
+def _with_notes(diff: OutputDiff, target, reference) -> OutputDiff:
+    if not diff.checked:
+        return diff
+    notes, signal = _reference_notes(np.asarray(target), np.asarray(reference))
+    return replace(diff, warnings=diff.warnings + notes, signal=signal)
+
+
+def _keep_worse(worst: dict[str, OutputDiff], diff: OutputDiff, signal: set[str]) -> None:
+    """Keeps the worse of two iterations' diffs: failed, then checked, then the larger error."""
+    if diff.signal:
+        signal.add(diff.name)
+    previous = worst.get(diff.name)
+    if previous is None or (previous.passed, not previous.checked, -previous.max_abs_error) > (
+            diff.passed, not diff.checked, -diff.max_abs_error):
+        worst[diff.name] = diff

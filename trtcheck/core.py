@@ -20,6 +20,7 @@ from trtcheck.backends import (
     tensorrt_version,
 )
 from trtcheck.compare import OutputDiff, compare_runs
+from trtcheck.detections import DetectionSpec, check_specs
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
@@ -46,6 +47,8 @@ class CompareRequest:
     save_inputs: Path | None = None
     # Graph passes applied to the target's model (verified); the reference runs the original.
     passes: tuple[str, ...] = ()
+    # Outputs compared as detection sets (paired by class and IoU), not element by element.
+    detections: tuple[DetectionSpec, ...] = ()
 
 
 @dataclass
@@ -155,6 +158,7 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     model = model or load_model(request.model)
     tolerances = request.tolerances.resolve(target.precision)
     tolerances.check(model.output_names)
+    check_specs(request.detections, model.output_names)
     PrecisionPlan(target.precision, request.options.keep_fp32).check_nodes(model.proto)
     feeds = make_feeds(model, request.inputs)
     # TensorRT profiles (and the repro command) take the shapes fed to dynamic inputs.
@@ -184,7 +188,8 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
                                        target_name))
     timings["run"] = time.perf_counter() - start
     start = time.perf_counter()
-    outputs = compare_runs(run_results, reference_name, target_name, tolerances)
+    outputs = compare_runs(run_results, reference_name, target_name, tolerances,
+                           request.detections)
     timings["compare"] = time.perf_counter() - start
 
     if request.save_outputs is not None:
@@ -282,6 +287,7 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     request = CompareRequest(
         model=model_path, reference=case.reference, target=target.backend,
         tolerances=case.tolerances_for(target), inputs=case.inputs, passes=case.passes,
+        detections=case.detections,
         options=BackendOptions(providers=target.providers, tf32=target.tf32,
                                keep_fp32=target.keep_fp32, work_dir=work_dir),
     )

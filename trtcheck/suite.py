@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtcheck.backends import BACKENDS
 from trtcheck.errors import TrtcheckError
@@ -27,6 +27,9 @@ from trtcheck.inputs import (
     ValueRange,
 )
 from trtcheck.tolerance import ERROR_STATS, ToleranceRequest, check_tolerance_value
+
+if TYPE_CHECKING:
+    from trtcheck.detections import DetectionSpec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,10 +45,10 @@ _TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
 _DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target"}
 _CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
               "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
-              "markers", "timeout", "wheel_sha256"}
+              "markers", "timeout", "wheel_sha256", "detections"}
 _INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded", "generators"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
-                     "min_snr"}
+                     "min_snr", "min_agreement"}
 _TOLERANCE_KEYS = _TOLERANCE_FIELDS | {"outputs", "measured"}
 _EXPECTED_FAILURE_KEYS = {"reason", "targets", "precisions", "outputs"}
 _GOLDEN_KEYS = {"atol", "rtol"}
@@ -143,6 +146,8 @@ class Case:
     # Seconds one backend run may take (`timeout` of the case, else of [suite]); None: the default.
     timeout: float | None = None
     error: str | None = None
+    # Outputs compared as detection sets (`[case.detections]` or `[[case.detections]]`).
+    detections: tuple[DetectionSpec, ...] = ()
 
     def tolerances_for(self, target: TargetSpec) -> ToleranceRequest:
         """The effective tolerances for `target`: the most specific table wins, field by field.
@@ -297,6 +302,8 @@ def _tolerance_fields(table: dict[str, Any], where: str, what: str) -> dict[str,
             fields[key] = _number(value, where, name, -1.0, 1.0)
         elif key == "min_snr":
             fields[key] = _number(value, where, name, -math.inf)
+        elif key == "min_agreement":
+            fields[key] = _number(value, where, name, 0.0, 1.0)
     return fields
 
 
@@ -463,6 +470,25 @@ def _targets(raw: Any, where: _Where) -> dict[str, TargetSpec]:
     return targets
 
 
+def _detections(raw: Any, where: str) -> tuple[DetectionSpec, ...]:
+    """`[case.detections]` (one set) or `[[case.detections]]` (several), checked like the flag."""
+    from trtcheck.detections import make_spec
+
+    tables = [raw] if isinstance(raw, dict) else _expect(raw, list, where, "detections")
+    specs = []
+    for position, table in enumerate(tables):
+        _expect(table, dict, where, "detections")
+        label = "[case.detections]" if isinstance(raw, dict) else \
+            f"[[case.detections]] #{position + 1}"
+        try:
+            specs.append(make_spec(table, f"{where}: {label}"))
+        except TrtcheckError as err:
+            error = SuiteError(str(err))
+            error.key = "detections"
+            raise error from None
+    return tuple(specs)
+
+
 def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[str, TargetSpec],
           defaults: dict[str, Any], default_layers, default_inputs: InputSettings,
           default_timeout: float | None = None) -> Case:
@@ -531,6 +557,7 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
             golden_atol=_number(golden.get("atol", 1e-5), at, "golden.atol"),
             golden_rtol=_number(golden.get("rtol", 1e-5), at, "golden.rtol"),
             markers=_string_list(raw.get("markers", []), at, "markers"),
+            detections=_detections(raw.get("detections", []), at),
             timeout=_timeout(raw["timeout"], at, "timeout") if "timeout" in raw else
             default_timeout,
         )

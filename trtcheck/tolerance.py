@@ -28,6 +28,9 @@ class Tolerance:
     error_quantile: float = 0.99
     min_cosine: float | None = None
     min_snr: float | None = None
+    # Integer and bool outputs are compared exactly: the fraction of equal elements must reach
+    # this (None: every element).
+    min_agreement: float | None = None
 
     def __post_init__(self) -> None:
         # The front ends check with the flag or file:line first; this catches API callers.
@@ -39,6 +42,9 @@ class Tolerance:
             check_tolerance_value(f"min_cosine {self.min_cosine!r}", self.min_cosine, -1.0, 1.0)
         if self.min_snr is not None:
             check_tolerance_value(f"min_snr {self.min_snr!r}", self.min_snr, -math.inf)
+        if self.min_agreement is not None:
+            check_tolerance_value(f"min_agreement {self.min_agreement!r}", self.min_agreement,
+                                  0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -51,16 +51,50 @@ def _outputs(document: dict[str, Any]) -> str:
     rows = []
     for out in document["outputs"]:
         index = "[" + ",".join(str(i) for i in out["max_abs_index"]) + "]"
+        method = out.get("method", "elementwise")
         rows.append([
-            _e(out["name"]), _verdict("pass" if out["passed"] else "fail"),
+            _e(out["name"]),
+            '<span class="error">EMPTY</span>' if not out.get("checked", True) else
+            _verdict("pass" if out["passed"] else "fail"),
             f'{fmt(out["max_abs_error"])} @ {_e(index)}',
             f'{fmt(out["reference_at_max"])} &rarr; {fmt(out["target_at_max"])}',
             fmt(out["max_rel_error"]), fmt(out["mean_abs_error"]), fmt(out["p99_abs_error"]),
-            fmt(out["cosine"]), f'{out["exceeding"]} of {out["elements"]}',
+            "-" if method == "exact" else fmt(out["cosine"], missing="undefined"),
+            f'{out["exceeding"]} of {out["elements"]}'
+            + {"exact": " differ", "detections": " paired"}.get(method, ""),
             f'{fmt(out["required_atol"])} | {fmt(out["required_rtol"])}',
         ])
     return _table(["output", "verdict", "max abs err @ index", "reference → target", "max rel",
-                   "mean abs", "p99 abs", "cosine", "exceeding", "needs atol | rtol"], rows)
+                   "mean abs", "p99 abs", "cosine", "exceeding", "needs atol | rtol"],
+                  rows) + _output_notes(document)
+
+
+def _output_notes(document: dict[str, Any]) -> str:
+    """Warnings per output (constant reference, undefined cosine, empty) and detection pairings."""
+    items = [f'<li class="error">{_e(out["name"])}: {_e(warning)}</li>'
+             for out in document["outputs"] for warning in out.get("warnings", [])]
+    seen = []
+    for out in document["outputs"]:
+        match = out.get("detections")
+        if not match or match["spec"] in seen:
+            continue
+        seen.append(match["spec"])
+        spec = match["spec"]
+        names = ", ".join(spec[key] for key in ("packed", "boxes", "scores", "labels")
+                          if spec[key])
+        text = (f'detections {_e(names)}: '
+                f'matched {match["matched"]} (reference {match["reference_count"]}, target '
+                f'{match["target_count"]}, IoU &ge; {fmt(spec["iou"])}); paired: '
+                f'min IoU {fmt(match["min_iou"])}, box error {fmt(match["max_box_error"])}, '
+                f'score error {fmt(match["max_score_error"])}')
+        unmatched = [f'{side}: #{_e(",".join(map(str, d["index"])))} label {fmt(d["label"])} '
+                     f'score {fmt(d["score"])} box [{", ".join(fmt(v) for v in d["box"])}]'
+                     for side, key in (("only in the reference", "unmatched_reference"),
+                                       ("only in the target", "unmatched_target"))
+                     for d in match[key]]
+        items.append(f"<li>{text}" + (f'<ul>{"".join(f"<li>{u}</li>" for u in unmatched)}</ul>'
+                                      if unmatched else "") + "</li>")
+    return f'<ul class="muted">{"".join(items)}</ul>' if items else ""
 
 
 def _plots(document: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 from trtcheck.atomic import write_atomically
 from trtcheck.compare import OutputDiff
 from trtcheck.core import ComparisonResult
+from trtcheck.detections import Detection, DetectionMatch
 
 SCHEMA = "trtcheck.compare"
 SCHEMA_VERSION = 1
@@ -57,6 +58,36 @@ def output_to_dict(diff: OutputDiff) -> dict[str, Any]:
         "sample": None if diff.sample is None else {
             "reference": [_number(v) for v in diff.sample.reference],
             "abs_error": [_number(v) for v in diff.sample.abs_error]},
+        "method": diff.method,
+        "checked": diff.checked,
+        "signal": diff.signal,
+        "warnings": list(diff.warnings),
+        "agreement": _number(diff.agreement),
+        "detections": None if diff.detections is None else _detections(diff.detections),
+    }
+
+
+def _detections(match: DetectionMatch) -> dict[str, Any]:
+    spec = match.spec
+
+    def listed(detections: tuple[Detection, ...]) -> list[dict[str, Any]]:
+        return [{"index": list(d.index), "label": _number(d.label), "score": _number(d.score),
+                 "box": [_number(v) for v in d.box]} for d in detections]
+
+    return {
+        "spec": {"boxes": spec.boxes, "scores": spec.scores, "labels": spec.labels,
+                 "packed": spec.packed, "per_detection": list(spec.per_detection),
+                 "iou": spec.iou, "min_matched": spec.min_matched,
+                 "format": spec.box_format},
+        "reference_count": match.reference_count,
+        "target_count": match.target_count,
+        "matched": match.matched,
+        "matched_fraction": match.matched_fraction,
+        "min_iou": _number(match.min_iou),
+        "max_box_error": _number(match.max_box_error),
+        "max_score_error": _number(match.max_score_error),
+        "unmatched_reference": listed(match.unmatched_reference),
+        "unmatched_target": listed(match.unmatched_target),
     }
 
 
