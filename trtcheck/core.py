@@ -26,7 +26,7 @@ from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, load_model
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
-from trtcheck.repro import polygraphy_command, trtcheck_command
+from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
 from trtcheck.run import ReferenceCache, quiet_polygraphy, run_backend
 from trtcheck.suite import Case, SuiteError, TargetSpec
 from trtcheck.tolerance import ToleranceRequest, Tolerances
@@ -70,6 +70,12 @@ class ComparisonResult:
     trtcheck_command: str
     # What the graph passes did to the target's model, when some were asked for.
     passes: Any = None
+    # For TensorRT and emulated targets: what TensorRT's ONNX parser will reject (a `LintResult`),
+    # or why that could not be checked (`tensorrt_support_error`).
+    tensorrt_support: Any = None
+    tensorrt_support_error: str | None = None
+    # When the polygraphy command is a pair: which model each side runs.
+    polygraphy_note: str | None = None
     # Both runs, for goldens and --save-outputs; never serialised into reports.
     run_results: Any = None
 
@@ -137,6 +143,21 @@ def compare_model(request: CompareRequest, verbose: bool = False,
         return _compare_model(request, model, reference_cache or ReferenceCache())
 
 
+def tensorrt_support(model: LoadedModel, trt_major: int) -> tuple[Any, str | None]:
+    """What TensorRT `trt_major`'s ONNX parser will reject in `model` (`trtcheck lint`, static).
+
+    Returns the `LintResult`, or None and why the check failed: it informs the comparison and
+    never stops it.
+    """
+    from trtcheck.lint import lint_model
+
+    with step(f"checking the model against TensorRT {trt_major}'s ONNX operator table"):
+        try:
+            return lint_model(model, trt_major, with_parser=False), None
+        except Exception as err:  # noqa: BLE001 (a lint bug must not hide the comparison)
+            return None, f"the TensorRT operator check failed ({type(err).__name__}: {err})"
+
+
 def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
                  options: BackendOptions) -> tuple[LoadedModel, Any]:
     """Applies verified graph passes; the result is saved so that TensorRT can read a path."""
@@ -145,7 +166,8 @@ def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
     pipeline = apply_passes(model, names, feeds)
     assert options.work_dir is not None
     path = prepare_work_folder(options.work_dir) / f"{model.path.stem}.fixed.onnx"
-    save_model(pipeline.model, path)
+    save_model(pipeline.model, path, external_data=model.has_external_data(),
+               weights_folder=pipeline.weights_folder)
     return load_model(path), pipeline
 
 
@@ -176,6 +198,13 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     if request.passes:
         with step(f"graph passes: {', '.join(request.passes)}"):
             target_model, passes = _fixed_model(model, list(request.passes), feeds, options)
+    installed = tensorrt_version()
+    trt_major = options.trt_major or (int(installed.split(".")[0]) if installed else None)
+    support, support_error = None, None
+    if target.family == "trt" or target.emulated:
+        start = time.perf_counter()
+        support, support_error = tensorrt_support(target_model, trt_major or 10)
+        timings["lint"] = time.perf_counter() - start
 
     start = time.perf_counter()
     run_results = RunResults()
@@ -200,18 +229,18 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         write_atomically(request.save_inputs,
                           lambda path: save_json(feeds.iterations, path, "inputs"))
     versions = library_versions()
-    trt_major = options.trt_major or (
-        int(versions["tensorrt"].split(".")[0]) if versions["tensorrt"] else None)
     if target.emulated and (trt_major or 10) >= 11:
-        # The printed TensorRT 11 command builds the converted model; an emulated run has not
-        # written it yet, so write it now for the user to take to the GPU machine.
+        # The printed TensorRT 11 command builds the converted model (of the model the target
+        # ran); an emulated run has not written it, so write it now for the GPU machine.
         plan = PrecisionPlan(target.precision, options.keep_fp32)
-        destination = converted_model_path(model.path, plan, options)
+        destination = converted_model_path(target_model.path, plan, options)
         prepare_work_folder(destination.parent)
-        ConvertedOnnxPath(model, plan, destination)()
+        ConvertedOnnxPath(target_model, plan, destination)()
     load_inputs = str(request.save_inputs) if request.save_inputs else None
-    if load_inputs is None and any(d.generator != UNIFORM for d in feeds.described):
-        # Polygraphy's DataLoader cannot draw a padded mask: its command loads these feeds.
+    if load_inputs is None and (request.inputs.recorded is not None
+                                or any(d.generator != UNIFORM for d in feeds.described)):
+        # Polygraphy's DataLoader cannot draw a padded mask, and reads neither .npz nor a JSON
+        # whose arrays trtcheck converted (float64 -> float32): its command loads these feeds.
         written = (options.work_dir or session_work_folder()) / f"{model.path.stem}.inputs.json"
         prepare_work_folder(written.parent)
         from polygraphy.json import save_json
@@ -220,7 +249,8 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         load_inputs = str(written)
     command = polygraphy_command(
         str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
-        load_inputs=load_inputs)
+        load_inputs=load_inputs, target_model_path=str(target_model.path))
+    note = polygraphy_note(str(model.path), target, options, trt_major, str(target_model.path))
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
                               tolerances, options, request.passes)
     timings["total"] = time.perf_counter() - started
@@ -229,6 +259,7 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
         trtcheck_command=repeat, passes=passes, run_results=run_results,
+        tensorrt_support=support, tensorrt_support_error=support_error, polygraphy_note=note,
     )
 
 
