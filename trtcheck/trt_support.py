@@ -3,8 +3,9 @@
 The tables are transcribed from onnx-tensorrt's docs/operators.md of each release; each file
 names its source commit. Where the doc and the parser's own importer (onnxOpImporters.cpp) disagree
 on a real model, the table follows the importer and lists the change with its evidence under
-`source.corrections` (NonZero takes BOOL: every torchvision detector feeds it a mask). They serve the lint (which works without TensorRT) and the pass that
-makes initializer-only inputs constant.
+`source.corrections` (NonZero takes BOOL: every torchvision detector feeds it a mask). They
+serve the lint (which works without TensorRT) and the pass that makes initializer-only inputs
+constant.
 """
 
 from __future__ import annotations
