@@ -150,6 +150,7 @@ def test_integer_failing_output_is_a_usage_error(save_model, trtcheck_cli, tmp_p
     bisect = trtcheck_cli("bisect", path, "--inputs", "x.npz", "--json", "r.json", "--repro",
                           "repro")
     assert bisect.code == 2 and "not float tensors" in bisect.stderr
+    assert "--min-agreement" in bisect.stderr and "--detections" in bisect.stderr
     assert len(bisect.stderr.strip().splitlines()) == 1 and "Traceback" not in bisect.stderr
     # compare --bisect keeps the comparison's verdict, with the bisect error beside it.
     compared = trtcheck_cli("compare", path, "--inputs", "x.npz", "--bisect", "--json",

@@ -206,8 +206,10 @@ def localize_comparison(result: Any, model: LoadedModel | None = None,
         raise UsageError(
             f"the failing output(s) {', '.join(d.name for d in failing)} are not float tensors, "
             "and bisection follows float tensors: check the float tensors they are computed from "
-            "(e.g. the scores before ArgMax/TopK) with --output on a model that exposes them, or "
-            "compare with --check-error-stat / tolerances suited to integers")
+            "(e.g. the scores before ArgMax/TopK) with --output on a model that exposes them; "
+            "integer and bool outputs are compared exactly, so a declared rate such as "
+            "--min-agreement OUT:0.99 accepts a few flips at near-ties, and detections after "
+            "NMS/TopK are compared as sets with --detections")
     diff = floats[0]
     model = model or load_model(result.model_path)
     feed = result.feeds.iterations[diff.iteration]
@@ -217,7 +219,10 @@ def localize_comparison(result: Any, model: LoadedModel | None = None,
     probe = make_probe(model, reference, target, result.options, feed, diff.name,
                        diff.tolerance, np.asarray(reference_values[diff.name]), max_memory,
                        result.trtcheck_command)
-    return localize(probe, repro_dir, fix_precision, mode)
+    localization = localize(probe, repro_dir, fix_precision, mode)
+    localization.tensorrt_blocked = (result.tensorrt_support_summary
+                                     if getattr(result, "tensorrt_support", None) else None)
+    return localization
 
 
 def audit_model(path: Path, inputs: Any, precisions: tuple[str, ...],
