@@ -14,7 +14,7 @@ import os
 import re
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,8 @@ class InputDescription:
     generator: str = UNIFORM
     # The range is a default, not given and not found in the graph.
     guessed: bool = False
+    # The range was given (--val-range, a suite), not inferred or a default.
+    given: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,22 +306,27 @@ def _default_origin(dtype: np.dtype) -> tuple[str, bool]:
 
 
 def _choose(info: InputInfo, settings: InputSettings, float_range: ValueRange | None,
-            roles) -> tuple[ValueRange, str, str, bool]:
-    """(range, origin, generator, guessed) for one synthetic input."""
+            roles) -> InputDescription:
+    """How one synthetic input is drawn; its shape is filled in by the caller."""
+    def described(value_range: ValueRange, origin: str, generator: str = UNIFORM,
+                  guessed: bool = False, given: bool = False) -> InputDescription:
+        return InputDescription(info.name, str(info.dtype), (), value_range, "synthetic", origin,
+                                generator, guessed, given)
+
     generator = settings.generators.get(info.name)
     given = settings.ranges.get(info.name)
     if given is not None:
-        return given, f"given by {settings.given_by}", UNIFORM, False
+        return described(given, f"given by {settings.given_by}", given=True)
     if generator == MASK:
-        return (0, 1), f"attention mask: ones with a padded tail (set by {settings.given_by})", \
-            MASK, False
+        return described((0, 1), "attention mask: ones with a padded tail (set by "
+                         f"{settings.given_by})", MASK, given=True)
     if float_range is not None and np.issubdtype(info.dtype, np.floating):
-        return float_range, f"given by {settings.given_by} for every float input", UNIFORM, False
+        return described(float_range, f"given by {settings.given_by}", given=True)
     role = roles.get(info.name) if generator is None else None
     if role is not None:
-        return role.value_range, role.origin, role.kind if role.kind == MASK else UNIFORM, False
+        return described(role.value_range, role.origin, MASK if role.kind == MASK else UNIFORM)
     origin, guessed = _default_origin(info.dtype)
-    return default_range(info.dtype), origin, UNIFORM, guessed
+    return described(default_range(info.dtype), origin, guessed=guessed)
 
 
 def _roles(model: LoadedModel, settings: InputSettings):
@@ -357,7 +364,8 @@ def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
     for info in model.inputs:
         shape = shapes[info.name]
         metadata.add(info.name, info.dtype, shape)
-        value_range, origin, generator, guessed = _choose(info, settings, float_range, roles)
+        choice = _choose(info, settings, float_range, roles)
+        value_range = choice.value_range
         if np.issubdtype(info.dtype, np.integer) and not all(
             float(v).is_integer() for v in value_range
         ):
@@ -367,8 +375,7 @@ def _synthetic(model: LoadedModel, settings: InputSettings) -> Feeds:
             )
         _check_generable(info, shape, value_range, model)
         ranges[info.name] = value_range
-        described.append(InputDescription(info.name, str(info.dtype), shape, value_range,
-                                          "synthetic", origin, generator, guessed))
+        described.append(replace(choice, shape=shape))
     loader = DataLoader(seed=settings.seed, iterations=1, input_metadata=metadata, val_range=ranges)
     feed = dict(loader[0])
     # Masks replace what the DataLoader drew, after it drew everything, so that every other

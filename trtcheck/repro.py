@@ -64,12 +64,15 @@ def _tolerance_flags(tolerances: Tolerances, for_polygraphy: bool) -> list[str]:
     return flags
 
 
-def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable) -> list[str]:
+def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable, *,
+                           every_range: bool) -> list[str]:
+    # trtcheck infers again what it inferred from the graph (token ids, masks: a range would make
+    # a mask uniform), so its command repeats the given ranges only; Polygraphy gets them all.
+    ranges = [f"{d.name}:[{_number(d.value_range[0])},{_number(d.value_range[1])}]"
+              for d in feeds.described if d.generator == UNIFORM and (every_range or d.given)]
     return [
         "--input-shapes", *(f"{d.name}:{dims(d.shape)}" for d in feeds.described),
-        # A mask's generator is inferred again from the graph; a range would make it uniform.
-        "--val-range", *(f"{d.name}:[{_number(d.value_range[0])},{_number(d.value_range[1])}]"
-                         for d in feeds.described if d.generator == UNIFORM),
+        *(["--val-range", *ranges] if ranges else []),
         "--seed", str(feeds.seed if feeds.seed is not None else settings.seed),
     ]
 
@@ -83,7 +86,8 @@ def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds
     if settings.recorded is not None:
         args += ["--inputs", str(settings.recorded)]
     else:
-        args += _synthetic_input_flags(feeds, settings, lambda shape: "x".join(map(str, shape)))
+        args += _synthetic_input_flags(feeds, settings, lambda shape: "x".join(map(str, shape)),
+                                       every_range=False)
     args += _tolerance_flags(tolerances, for_polygraphy=False)
     if tuple(options.providers) != ("cpu",):
         args += ["--providers", *options.providers]
@@ -121,7 +125,7 @@ def polygraphy_command(model_path: str, target: Backend, reference: Backend, fee
     if load_inputs is not None:
         args += ["--load-inputs", load_inputs]
     else:
-        args += _synthetic_input_flags(feeds, settings, _shape)
+        args += _synthetic_input_flags(feeds, settings, _shape, every_range=True)
     dynamic = [f"{name}:{_shape(shape)}" for name, shape in options.shapes.items()]
     if dynamic and (target.family == "trt" or target.emulated):
         for flag in ("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"):
