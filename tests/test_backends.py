@@ -495,3 +495,29 @@ def test_emulated_fp16_keeping_the_overflowing_nodes_stays_finite():
     kept = _run_ort(emulate(model, PrecisionPlan("fp16", keep)), x)
     assert np.isfinite(kept).all()
     np.testing.assert_allclose(kept, _run_ort(model, x), atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize(("target", "mark"), [("onnxrt-fp16", ()), ("onnxrt", ("hidden",))])
+def test_models_over_the_protobuf_limit_run_from_a_path_with_equal_outputs(tmp_path, monkeypatch,
+                                                                           target, mark):
+    from trtcheck import atomic
+    from trtcheck.backends import onnxrt_session_source
+    from trtcheck.run import run_backend
+
+    model = _load(tmp_path, cnn())
+    hidden = next(n.output[0] for n in model.proto.graph.node if n.op_type == "Relu")
+    mark = tuple(hidden for _ in mark)
+    options = BackendOptions(work_dir=tmp_path / "work")
+    feed = {"image": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}
+    backend = get_backend(target)
+    _, small = run_backend(model, backend, options, [feed], "small", mark)
+    assert isinstance(onnxrt_session_source(model, backend, options, mark), bytes)
+
+    monkeypatch.setattr(atomic, "EXTERNAL_DATA_BYTES", 1_000)  # stands in for 2 GB
+    source = onnxrt_session_source(model, backend, options, mark)
+    assert isinstance(source, str) and Path(source).parent == tmp_path / "work"
+    assert Path(source + ".data").is_file()  # the weights beside it, as external data
+    _, big = run_backend(model, backend, options, [feed], "big", mark)
+    assert set(big[0].keys()) == set(small[0].keys()) >= set(mark)
+    for name in small[0]:
+        np.testing.assert_array_equal(big[0][name], small[0][name])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import read_json
 from trtcheck.fix import fix_model
@@ -90,3 +91,63 @@ def test_unverifiable_model_needs_no_verify(trtcheck_cli, save_model, tmp_path):
     waived = trtcheck_cli("fix", path, "-o", "out.onnx", "--no-verify")
     assert waived.code == 0, waived.stdout + waived.stderr
     assert [n.op_type for n in onnx.load(str(tmp_path / "out.onnx")).graph.node] == ["Mystery"]
+
+
+ZOO = Path(__file__).parents[1] / "zoo" / "real"
+BERT_INPUTS = InputSettings(shapes={"input_ids": (1, 64), "attention_mask": (1, 64)},
+                            ranges={"input_ids": (0, 511), "attention_mask": (1, 1)})
+
+
+def _ort_outputs(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)
+
+
+def test_fix_keeps_external_data_and_the_outputs(tmp_path):
+    source = ZOO / "bert_tiny_classic_extdata.onnx"
+    result = fix_model(source, tmp_path / "fixed.onnx", inputs=BERT_INPUTS)
+    assert result.pipeline.clean, [(o.name, o.message) for o in result.pipeline.outcomes]
+    fixed = onnx.load(str(tmp_path / "fixed.onnx"), load_external_data=False)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in fixed.graph.initializer)
+    assert (tmp_path / "fixed.onnx.data").is_file()
+    assert (tmp_path / "fixed.onnx").stat().st_size < (tmp_path / "fixed.onnx.data").stat().st_size
+    onnx.checker.check_model(str(tmp_path / "fixed.onnx"))
+    feed = result.feeds.iterations[0]
+    for before, after in zip(_ort_outputs(source, feed), _ort_outputs(tmp_path / "fixed.onnx",
+                                                                      feed), strict=True):
+        np.testing.assert_allclose(after, before, rtol=0, atol=1e-5 * np.abs(before).max())
+
+
+def test_save_onnx_over_the_limit_writes_external_data_and_leaves_the_model_alone(tmp_path,
+                                                                                monkeypatch):
+    from trtcheck import atomic
+
+    model = onnx.load(str(ZOO / "bert_tiny_classic.onnx"))
+    before = model.SerializeToString(deterministic=True)
+    monkeypatch.setattr(atomic, "EXTERNAL_DATA_BYTES", 10_000)  # stands in for 2 GB
+    atomic.save_onnx(model, tmp_path / "big.onnx")
+    assert model.SerializeToString(deterministic=True) == before
+    assert (tmp_path / "big.onnx.data").stat().st_size > 100_000
+    reloaded = onnx.load(str(tmp_path / "big.onnx"))
+    for saved, original in zip(reloaded.graph.initializer, model.graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(saved),
+                                      numpy_helper.to_array(original))
+    assert not [p for p in tmp_path.iterdir() if atomic.PARTIAL_TAG in p.name]
+
+
+def test_fix_over_the_limit_offloads_weights_and_matches_the_in_memory_fix(tmp_path,
+                                                                           monkeypatch):
+    from trtcheck import atomic
+
+    source = ZOO / "bert_tiny_classic.onnx"
+    normal = fix_model(source, tmp_path / "normal.onnx", inputs=BERT_INPUTS)
+    monkeypatch.setattr(atomic, "EXTERNAL_DATA_BYTES", 10_000)  # every model is "over 2 GB"
+    big = fix_model(source, tmp_path / "big.onnx", inputs=BERT_INPUTS)
+    assert big.pipeline.weights_folder is not None  # the passes ran on an offloaded copy
+    assert [(o.name, o.status) for o in big.pipeline.outcomes] == \
+        [(o.name, o.status) for o in normal.pipeline.outcomes]
+    assert big.nodes_after == normal.nodes_after
+    assert (tmp_path / "big.onnx.data").is_file()
+    feed = normal.feeds.iterations[0]
+    for a, b in zip(_ort_outputs(tmp_path / "normal.onnx", feed),
+                    _ort_outputs(tmp_path / "big.onnx", feed), strict=True):
+        np.testing.assert_array_equal(a, b)

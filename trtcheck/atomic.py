@@ -147,7 +147,9 @@ def _write_with_external_data(model, model_path: Path, data_name: str,
 
     from trtcheck.model import all_initializers
 
-    moved: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]]]] = []
+    # Each moved tensor with what to put back: its bytes (None if it was external already), its
+    # external-data entries, and whether data_location was set at all (proto2 keeps that bit).
+    moved: list[tuple[onnx.TensorProto, bytes | None, list[tuple[str, str]], bool]] = []
     try:
         with open(model_path.parent / data_name, "wb") as data:
             for tensor in all_initializers(model.graph):
@@ -156,7 +158,8 @@ def _write_with_external_data(model, model_path: Path, data_name: str,
                 if not external and len(raw) < _EXTERNAL_TENSOR_BYTES:
                     continue
                 moved.append((tensor, None if external else raw,
-                              [(entry.key, entry.value) for entry in tensor.external_data]))
+                              [(entry.key, entry.value) for entry in tensor.external_data],
+                              tensor.HasField("data_location")))
                 offset = data.tell()
                 data.write(raw)
                 tensor.ClearField("raw_data")
@@ -168,7 +171,7 @@ def _write_with_external_data(model, model_path: Path, data_name: str,
                 tensor.data_location = onnx.TensorProto.EXTERNAL
         onnx.save(model, str(model_path))
     finally:
-        for tensor, inline, previous in reversed(moved):
+        for tensor, inline, previous, had_location in reversed(moved):
             del tensor.external_data[:]
             if inline is None:
                 for key, value in previous:
@@ -177,6 +180,8 @@ def _write_with_external_data(model, model_path: Path, data_name: str,
             else:
                 tensor.raw_data = inline
                 tensor.data_location = onnx.TensorProto.DEFAULT
+                if not had_location:
+                    tensor.ClearField("data_location")
 
 
 def save_onnx(model, path: Path, external_data: bool = False,
