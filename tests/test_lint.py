@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +15,7 @@ from tests.conftest import read_json
 from trtcheck.lint import lint_model
 from trtcheck.model import load_model
 from trtcheck.trt_support import support_table
-from zoo.build import cnn
+from zoo.build import cnn, overflow_chain
 
 
 def model_of(nodes, inputs, outputs, initializers=(), opset=17, domains=()):
@@ -219,3 +223,93 @@ def test_weights_are_left_out_of_shape_inference_without_changing_findings(save_
     monkeypatch.setattr(trtcheck.lint, "_WEIGHT_ELEMENTS", 10**9)
     assert trtcheck.lint._without_weights(loaded.proto) is loaded.proto
     assert lint_model(loaded, 11).findings == findings
+
+
+# compare and bisect say when TensorRT will not take the model (for TensorRT and emulated targets).
+
+ZOO = Path(__file__).parents[1] / "zoo" / "real"
+
+
+def _op_counts(path: Path) -> Counter:
+    return Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
+def test_compare_reports_what_tensorrt_rejects_on_a_dynamically_quantized_bert(trtcheck_cli,
+                                                                               tmp_path):
+    import jsonschema
+
+    model = ZOO / "bert_tiny_dynquant.onnx"  # onnxruntime.quantization.quantize_dynamic
+    run = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--input-shapes",
+                       "input_ids:1x16", "attention_mask:1x16", "--json", "r.json",
+                       "--report", "r.html")
+    assert run.code in (0, 1), run.stderr
+    report = read_json(tmp_path / "r.json")
+    schema = Path(__file__).parents[1] / "trtcheck" / "report" / "compare.schema.json"
+    # This section against its part of the schema (test_cli validates whole reports).
+    jsonschema.validate(report["tensorrt_support"],
+                        json.loads(schema.read_text())["properties"]["tensorrt_support"])
+    support = report["tensorrt_support"]
+    ops = _op_counts(model)
+    # Every node of an op TensorRT has no importer for is counted (the graph is the oracle).
+    assert support["rejected_ops"]["MatMulInteger"] == ops["MatMulInteger"] > 0
+    assert support["rejected_ops"]["DynamicQuantizeLinear"] == ops["DynamicQuantizeLinear"] > 0
+    assert support["parses"] is False and support["tensorrt_version"] == "10.15"
+    assert support["error_count"] == sum(support["rejected_ops"].values())
+    assert support["command"] == f"trtcheck lint {model} --trt-major 10"
+    printed = " ".join(run.stdout.split())  # the line may be wrapped to the terminal width
+    assert support["summary"] in printed
+    assert (f"TensorRT 10.15's ONNX parser rejects {support['error_count']} nodes: MatMulInteger "
+            f"({ops['MatMulInteger']}), DynamicQuantizeLinear") in printed
+    assert "emulated target only" in support["summary"]
+    import html
+
+    assert html.escape(support["summary"]) in (tmp_path / "r.html").read_text()
+    # TensorRT 11's table is used with --trt-major 11.
+    trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--trt-major", "11",
+                 "--input-shapes", "input_ids:1x16", "attention_mask:1x16", "--json", "r11.json",
+                 "--work-dir", "work11")
+    assert read_json(tmp_path / "r11.json")["tensorrt_support"]["tensorrt_version"] == "11.0"
+
+
+def test_compare_is_quiet_about_tensorrt_when_it_parses_or_is_not_the_target(save_model,
+                                                                             trtcheck_cli,
+                                                                             tmp_path):
+    path = save_model(cnn())
+    emulated = trtcheck_cli("compare", path, "--target", "onnxrt-fp16", "--json", "e.json")
+    support = read_json(tmp_path / "e.json")["tensorrt_support"]
+    assert support["parses"] is True and support["summary"] is None
+    assert support["rejected_ops"] == {} and "TensorRT 10.15" not in emulated.stdout
+    trtcheck_cli("compare", path, "--target", "onnxrt", "--json", "o.json")
+    assert read_json(tmp_path / "o.json")["tensorrt_support"] is None
+
+
+def _overflow_with_dynamic_quantization():
+    # The planted fp16 overflow, plus quantize_dynamic's DynamicQuantizeLinear on the input.
+    model = overflow_chain()
+    model.graph.node.append(helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "qs", "qz"],
+                                             name="quant/x"))
+    model.graph.output.extend([value("q", TensorProto.UINT8, [1, 64]),
+                               value("qs", TensorProto.FLOAT, []),
+                               value("qz", TensorProto.UINT8, [])])
+    return model
+
+
+def test_bisect_says_its_precision_fix_cannot_be_built(save_model, trtcheck_cli, tmp_path):
+    path = save_model(_overflow_with_dynamic_quantization())
+    run = trtcheck_cli("bisect", path, "--target", "onnxrt-fp16", "--output", "y", "--json",
+                       "b.json", "--report", "b.html")
+    assert run.code == 1, run.stdout + run.stderr
+    bisect = read_json(tmp_path / "b.json")["bisect"]
+    assert bisect["precision_fix"] is not None and bisect["precision_fix"]["keep_fp32"]
+    assert "DynamicQuantizeLinear (1)" in bisect["tensorrt_blocked"]
+    printed = " ".join(run.stdout.split())
+    warning = printed.index("TensorRT cannot parse this model, so the precision fix below "
+                            "holds for the emulated target only")
+    assert warning < printed.index("precision fix on the emulated target only: keep")
+    assert "TensorRT cannot parse this model" in (tmp_path / "b.html").read_text()
+    # Without the unsupported op the same bisection proposes its plan plainly.
+    clean = save_model(overflow_chain(), "clean.onnx")
+    plain = trtcheck_cli("bisect", clean, "--target", "onnxrt-fp16", "--json", "c.json",
+                         "--repro", "repro-clean")
+    assert read_json(tmp_path / "c.json")["bisect"]["tensorrt_blocked"] is None
+    assert "TensorRT cannot parse" not in plain.stdout

@@ -600,7 +600,9 @@ def run_compare(args: argparse.Namespace) -> int:
             console.print(result.target_note, style="yellow")
         # crop=False: the lines that name files and commands are printed whole.
         console.print(ComparisonView(result), crop=False)
-        console.print("Same check with TensorRT, on a GPU machine:", style="dim")
+        console.print("Same check with TensorRT, on a GPU machine" + (
+            f" ({result.polygraphy_note}):" if result.polygraphy_note else ":"), style="dim",
+            soft_wrap=True)
         # soft_wrap keeps the command on one line so it can be copied as it is.
         console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
     except TrtcheckError as err:

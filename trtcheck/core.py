@@ -84,6 +84,17 @@ class ComparisonResult:
         return "pass" if all(diff.passed for diff in self.outputs) else "fail"
 
     @property
+    def tensorrt_support_summary(self) -> str | None:
+        """What TensorRT's parser will reject and what that means for the verdict; else None."""
+        if self.tensorrt_support_error is not None:
+            return self.tensorrt_support_error
+        summary = self.tensorrt_support.summary() if self.tensorrt_support is not None else None
+        if summary is not None and self.target.emulated:
+            summary += ("; the verdict holds for the emulated target only: TensorRT cannot build "
+                        "this model until these are fixed")
+        return summary
+
+    @property
     def hints(self) -> list[str]:
         """What to try next, for failures whose likely cause is known."""
         if self.verdict == "pass":

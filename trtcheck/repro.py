@@ -100,36 +100,76 @@ def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds
     return shlex.join(args)
 
 
+def _target_model(model_path: str, target: Backend, options: BackendOptions,
+                  trt_major: int | None, target_model_path: str | None) -> tuple[str, bool]:
+    """The model TensorRT builds for the target, and whether it is a converted (typed) one."""
+    ran = target_model_path or model_path
+    if (trt_major or 10) >= 11 and target.precision != "fp32":
+        return str(converted_model_path(Path(ran), PrecisionPlan(
+            target.precision, options.keep_fp32), options)), True
+    return ran, False
+
+
+def reference_outputs_path(model_path: str, options: BackendOptions) -> Path:
+    """Where the reference half of a command pair saves its outputs: the work folder."""
+    from trtcheck.atomic import session_work_folder
+
+    folder = options.work_dir or session_work_folder()
+    return folder / f"{Path(model_path).stem}.reference-outputs.json"
+
+
 def polygraphy_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
                        settings: InputSettings, tolerances: Tolerances,
                        options: BackendOptions, trt_major: int | None,
-                       load_inputs: str | None = None) -> str:
+                       load_inputs: str | None = None,
+                       target_model_path: str | None = None) -> str:
     """The `polygraphy run` command that checks the same thing on a machine with TensorRT.
 
     The target runs first, so Polygraphy's rtol is relative to the reference, as in trtcheck.
-    On TensorRT 11 a reduced-precision target needs the converted model that trtcheck writes.
+    On TensorRT 11 a reduced-precision target needs the converted model that trtcheck writes,
+    and with graph passes (`target_model_path`) the target runs the fixed model. `polygraphy
+    run` gives every runner the one model it is given, so then the command is a pair joined by
+    `&&`: ONNX Runtime runs the original model and saves its outputs, and TensorRT's run of the
+    target's model is compared with those (`--load-outputs`), as trtcheck compared them.
+    `load_inputs` is a Polygraphy input JSON holding the exact feeds; without it the feeds are
+    Polygraphy's own seeded data, given by flags.
     """
-    args = ["polygraphy", "run"]
-    if (trt_major or 10) >= 11 and target.precision != "fp32":
-        converted = converted_model_path(Path(model_path), PrecisionPlan(
-            target.precision, options.keep_fp32), options)
-        args += [str(converted), "--trt", "--strongly-typed"]
-        if options.tf32:
-            args.append("--tf32")
+    built, converted = _target_model(model_path, target, options, trt_major, target_model_path)
+    if converted:
+        target_args = [built, "--trt", "--strongly-typed", *(["--tf32"] if options.tf32 else [])]
     else:
-        args += [model_path, *polygraphy_flags(target, options, trt_major)]
-    args += polygraphy_flags(reference, options, trt_major)
-    if load_inputs is None and settings.recorded is not None:
-        # Polygraphy reads only its own JSON; an .npz must be saved as JSON (--save-inputs) first.
-        load_inputs = str(settings.recorded.with_suffix(".json"))
-    if load_inputs is not None:
-        args += ["--load-inputs", load_inputs]
-    else:
-        args += _synthetic_input_flags(feeds, settings, _shape, every_range=True)
+        target_args = [built, *polygraphy_flags(target, options, trt_major)]
+    inputs = (["--load-inputs", load_inputs] if load_inputs is not None
+              else _synthetic_input_flags(feeds, settings, _shape, every_range=True))
     dynamic = [f"{name}:{_shape(shape)}" for name, shape in options.shapes.items()]
+    profile: list[str] = []
     if dynamic and (target.family == "trt" or target.emulated):
         for flag in ("--trt-min-shapes", "--trt-opt-shapes", "--trt-max-shapes"):
-            args += [flag, *dynamic]
-    args += _tolerance_flags(tolerances, for_polygraphy=True)
-    args.append("--infinities-compare-equal")
-    return shlex.join(args)
+            profile += [flag, *dynamic]
+    checks = [*_tolerance_flags(tolerances, for_polygraphy=True), "--infinities-compare-equal"]
+    reference_args = polygraphy_flags(reference, options, trt_major)
+    if built == model_path:
+        return shlex.join(["polygraphy", "run", *target_args, *reference_args, *inputs, *profile,
+                           *checks])
+    outputs = str(reference_outputs_path(model_path, options))
+    first = ["polygraphy", "run", model_path, *reference_args, *inputs, "--save-outputs", outputs]
+    second = ["polygraphy", "run", *target_args, *inputs, *profile, "--load-outputs", outputs,
+              *checks]
+    return f"{shlex.join(first)} && {shlex.join(second)}"
+
+
+def polygraphy_note(model_path: str, target: Backend, options: BackendOptions,
+                    trt_major: int | None, target_model_path: str | None = None) -> str | None:
+    """For a command pair, which model each side runs; None for a single command."""
+    built, converted = _target_model(model_path, target, options, trt_major, target_model_path)
+    if built == model_path:
+        return None
+    what = []
+    if target_model_path not in (None, model_path):
+        what.append("after the graph passes")
+    if converted:
+        what.append(f"converted to {target.precision} for TensorRT {trt_major}'s strongly typed "
+                    "build")
+    return (f"the reference (ONNX Runtime) runs the original model {model_path} and saves its "
+            f"outputs; TensorRT builds {built} (the model {' and '.join(what)}) and compares "
+            "against them")

@@ -220,8 +220,8 @@ def localize_comparison(result: Any, model: LoadedModel | None = None,
                        diff.tolerance, np.asarray(reference_values[diff.name]), max_memory,
                        result.trtcheck_command)
     localization = localize(probe, repro_dir, fix_precision, mode)
-    localization.tensorrt_blocked = (result.tensorrt_support_summary
-                                     if getattr(result, "tensorrt_support", None) else None)
+    if result.tensorrt_support is not None:
+        localization.tensorrt_blocked = result.tensorrt_support_summary
     return localization
 
 

@@ -58,3 +58,6 @@ class Localization:
     precision_fix: PrecisionFix | None = None
     repro_dir: str | None = None
     batches: int = 0
+    # Set when TensorRT's parser will reject the model: a precision fix then holds for the
+    # emulated target only, and the line says why.
+    tensorrt_blocked: str | None = None

@@ -79,10 +79,17 @@ class BisectView:
                          fmt(point.max_abs_reference), verdict])
         parts += _trace_rows(rows, options.max_width)
         fix = r.precision_fix
+        if fix is not None and r.tensorrt_blocked:
+            # A plan for an engine that cannot be built: said before the plan, not after it.
+            parts.append(Text(f"TensorRT cannot parse this model, so the precision fix below "
+                              f"holds for the emulated target only: {r.tensorrt_blocked}",
+                              style="red bold"))
         if fix is not None:
             state = f"verified in {fix.rounds} round(s)" if fix.verified else "NOT verified"
-            parts.append(Text(f"precision fix: keep {', '.join(fix.keep_fp32)} in fp32 "
-                              f"({state})", style="green" if fix.verified else "yellow"))
+            scope = " on the emulated target only" if r.tensorrt_blocked else ""
+            parts.append(Text(f"precision fix{scope}: keep {', '.join(fix.keep_fp32)} in fp32 "
+                              f"({state})", style="yellow" if r.tensorrt_blocked or not
+                              fix.verified else "green"))
             if fix.remaining:
                 parts.append(Text(f"  {fix.remaining}", style="yellow"))
             # Flags and paths to copy stay on one line (the views are printed uncropped).
@@ -126,5 +133,6 @@ def localization_to_dict(r: Localization) -> dict[str, Any]:
                    "max_abs_error": number(p.max_abs_error)} for p in r.trace],
         "audit": [_finding(f) for f in r.audit],
         "precision_fix": None if r.precision_fix is None else asdict(r.precision_fix),
+        "tensorrt_blocked": r.tensorrt_blocked,
         "repro_dir": r.repro_dir,
     }

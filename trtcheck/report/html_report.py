@@ -139,6 +139,10 @@ def _bisect(bisect: dict[str, Any]) -> str:
         parts.append(_table(["#", "node", "op", "tensor", "max abs error", "atol",
                              "max |reference|", "verdict"], rows, left=4))
     fix = bisect.get("precision_fix")
+    if fix and bisect.get("tensorrt_blocked"):
+        parts.append(f'<div class="box fail"><b>TensorRT cannot parse this model, so the '
+                     f'precision fix below holds for the emulated target only:</b> '
+                     f'{_e(bisect["tensorrt_blocked"])}</div>')
     if fix:
         state = "verified" if fix["verified"] else f'not verified: {fix.get("remaining")}'
         parts.append(f'<div class="box ok"><b>precision fix ({state}):</b> keep '
@@ -149,6 +153,20 @@ def _bisect(bisect: dict[str, Any]) -> str:
     if bisect.get("repro_dir"):
         parts.append(f'<p class="muted">repro folder: <code>{_e(bisect["repro_dir"])}</code></p>')
     return "".join(parts)
+
+
+def _tensorrt_support(document: dict[str, Any]) -> str:
+    """What TensorRT's parser will reject (compare's lint section), as a box; else nothing."""
+    support = document.get("tensorrt_support")
+    if not support or not support["summary"]:
+        return ""
+    rows = [[_e(e["node"] or "(model)"), _e(e["op"] or "-"), _e(e["reason"])]
+            for e in support["errors"]]
+    more = support["error_count"] - len(rows)
+    return (f'<div class="box fail"><b>{_e(support["summary"])}</b>'
+            + (_table(["node", "op", "reason"], rows, left=3) if rows else "")
+            + (f'<p class="muted">{more} more: <code>{_e(support["command"])}</code></p>'
+               if more > 0 else "") + "</div>")
 
 
 def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str:
@@ -175,13 +193,17 @@ def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str
         f'{_e((document["model"]["sha256"] or "")[:16])}) &middot; target '
         f'<b>{_e(config["target"]["backend"])}</b> vs reference '
         f'{_e(config["reference"]["backend"])}</p>',
-        golden_line, _outputs(document), f"<ul>{notes}</ul>" if notes else "",
+        golden_line, _tensorrt_support(document), _outputs(document),
+        f"<ul>{notes}</ul>" if notes else "",
         _plots(document),
         _bisect(document["bisect"]) if document.get("bisect") else "",
         (f'<div class="box fail">bisect failed: {_e(document["bisect_error"])}; the verdict '
          'above stands</div>') if document.get("bisect_error") else "",
         "<h3>Inputs</h3>", inputs,
-        "<h3>Reproduce</h3><pre>",
+        "<h3>Reproduce</h3>",
+        (f'<p class="muted">{_e(document["polygraphy_note"])}</p>'
+         if document.get("polygraphy_note") else ""),
+        "<pre>",
         _e("\n".join(c for c in (extra.get("pytest_command"), document["trtcheck_command"],
                                  document["polygraphy_command"]) if c)),
         "</pre><details><summary>Effective configuration and versions</summary><pre>",

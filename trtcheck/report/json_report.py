@@ -131,7 +131,37 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
         "versions": result.versions,
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
         "polygraphy_command": result.polygraphy_command,
+        "polygraphy_note": result.polygraphy_note,
         "trtcheck_command": result.trtcheck_command,
+        "tensorrt_support": tensorrt_support_to_dict(result),
+    }
+
+
+# Rejected nodes listed in the report; `error_count` has them all (`trtcheck lint` lists them).
+_LISTED_ERRORS = 50
+
+
+def tensorrt_support_to_dict(result: ComparisonResult) -> dict[str, Any] | None:
+    """The lint's errors for TensorRT and emulated targets; None for other targets."""
+    lint = result.tensorrt_support
+    if lint is None and result.tensorrt_support_error is None:
+        return None
+    errors = [] if lint is None else lint.errors
+    return {
+        "checked": lint is not None,
+        "tensorrt_major": None if lint is None else lint.trt_major,
+        "tensorrt_version": None if lint is None else lint.version,
+        "table": None if lint is None else {key: lint.source[key] for key in (
+            "repository", "path", "commit")},
+        "model": None if lint is None else lint.model_path,
+        "parses": None if lint is None else not errors,
+        "error_count": len(errors),
+        "warning_count": 0 if lint is None else len(lint.findings) - len(errors),
+        "rejected_ops": {} if lint is None else lint.rejected_ops(),
+        "errors": [{"node": f.node, "op": f.op, "reason": f.reason, "fixed_by": f.fixed_by}
+                   for f in errors[:_LISTED_ERRORS]],
+        "summary": result.tensorrt_support_summary,
+        "command": None if lint is None else lint.command,
     }
 
 
@@ -149,7 +179,9 @@ def error_to_dict(message: str, model_path: str | None, versions: dict[str, str 
         "versions": versions,
         "timings_s": {},
         "polygraphy_command": None,
+        "polygraphy_note": None,
         "trtcheck_command": None,
+        "tensorrt_support": None,
     }
 
 

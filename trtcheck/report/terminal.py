@@ -86,8 +86,16 @@ class ComparisonView:
         summary = Text(summary_line(result.verdict, result.outputs),
                        style="green bold" if result.verdict == "pass" else "red bold")
         parts.append(summary)
+        parts.extend(_tensorrt_support_lines(result))
         parts.extend(Text(f"hint: {hint}", style="yellow") for hint in result.hints)
         yield Group(*parts)
+
+
+def _tensorrt_support_lines(result: ComparisonResult) -> list[Text]:
+    line = result.tensorrt_support_summary
+    if line is None:
+        return []
+    return [Text(line, style="yellow" if result.tensorrt_support is None else "red bold")]
 
 
 def _verdict_cell(diff: OutputDiff) -> Text:
