@@ -187,6 +187,24 @@ def _stat(values: np.ndarray, tol: Tolerance) -> float:
     return float(comp_util.compute_quantile(values, tol.error_quantile))
 
 
+def _magnitude(values) -> float:
+    """Largest finite |value| of a float array (0 for other dtypes): what `atol_of_max` scales."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return 0.0
+    finite = np.abs(array[np.isfinite(array)].astype(np.float64))
+    return float(finite.max()) if finite.size else 0.0
+
+
+def _beyond_cap(absdiff, reldiff, tol: Tolerance) -> int:
+    """Elements beyond `max_error_factor` x (atol, rtol), by Polygraphy's elementwise rule."""
+    if tol.max_error_factor is None:
+        return 0
+    factor = tol.max_error_factor
+    return int(_failing_elements(absdiff, reldiff, replace(
+        tol, atol=tol.atol * factor, rtol=tol.rtol * factor)).sum())
+
+
 def _required(absdiff, reldiff, tol: Tolerance, nonfinite: int):
     if nonfinite or np.isnan(absdiff).any():
         return None, None
@@ -199,6 +217,9 @@ def _required(absdiff, reldiff, tol: Tolerance, nonfinite: int):
         req_rtol = float(reldiff[over_atol].max()) if over_atol.any() else 0.0
         return req_atol, req_rtol
     stat_abs, stat_rel = _stat(absdiff, tol), _stat(reldiff, tol)
+    if tol.max_error_factor is not None:  # the cap needs atol >= max error / factor too
+        stat_abs = max(stat_abs, float(absdiff.max()) / tol.max_error_factor)
+        stat_rel = max(stat_rel, float(reldiff.max()) / tol.max_error_factor)
     return (stat_abs if stat_rel > tol.rtol else 0.0), (stat_rel if stat_abs > tol.atol else 0.0)
 
 
@@ -234,7 +255,14 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
         index, max_abs, max_rel, mean_abs, p99, ref_at, tgt_at = (), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     failures = []
     if not simple_ok:
-        failures.append(f"{tol.check_error_stat} error exceeds atol={tol.atol:g}/rtol={tol.rtol:g}")
+        stat = (f"{tol.error_quantile:g} quantile" if tol.check_error_stat == "quantile"
+                else tol.check_error_stat)
+        scaled = f" ({tol.atol_of_max:.3g} x max|ref|)" if tol.atol_of_max is not None else ""
+        failures.append(f"{stat} error exceeds atol={tol.atol:.3g}{scaled}/rtol={tol.rtol:g}")
+    beyond_cap = _beyond_cap(absdiff, reldiff, tol)
+    if beyond_cap:
+        failures.append(f"{beyond_cap} element(s) beyond {tol.max_error_factor:g} x atol = "
+                        f"{tol.atol * (tol.max_error_factor or 1):.3g}")
     if nonfinite:
         failures.append(f"{nonfinite} non-finite value(s) where the reference is finite")
     if tol.min_cosine is not None and cosine is not None and not cosine >= tol.min_cosine:
@@ -285,7 +313,11 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
         if np.issubdtype(target.dtype, np.floating) and (
                 ~np.isfinite(target) & np.isfinite(reference)).any():
             return True
+        # The scaled default's atol follows the tensor's magnitude (a no-op once carried).
+        tol = tol.scaled_to(_magnitude(reference))
         absdiff, reldiff = _abs_rel(target, reference)
+        if _beyond_cap(absdiff, reldiff, tol):
+            return True
         if tol.check_error_stat == "elemwise":
             simple_failed = bool(_failing_elements(absdiff, reldiff, tol).any())
         else:
@@ -498,7 +530,8 @@ def compare_runs(run_results, reference_name: str, target_name: str,
     check_specs(detections, tuple(names))
     for ref_it, tgt_it in zip(reference_iterations, target_iterations, strict=True):
         _check_names(list(ref_it.keys()), list(tgt_it.keys()), reference_name, target_name)
-    per_output = {name: tolerances.for_output(name) for name in names}
+    per_output = {name: tolerances.for_output(name).scaled_to(
+        max(_magnitude(it[name]) for it in reference_iterations)) for name in names}
 
     def per(field_name: str, fallback=None):
         return {name: getattr(tol, field_name) if getattr(tol, field_name) is not None else fallback

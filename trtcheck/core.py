@@ -259,7 +259,9 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         write_atomically(written, lambda path: save_json(feeds.iterations, path, "inputs"))
         load_inputs = str(written)
     command = polygraphy_command(
-        str(model.path), target, reference, feeds, request.inputs, tolerances, options, trt_major,
+        str(model.path), target, reference, feeds, request.inputs,
+        tolerances.with_atols({d.name: d.tolerance.atol for d in outputs
+                               if d.tolerance.atol_of_max is not None}), options, trt_major,
         load_inputs=load_inputs, target_model_path=str(target_model.path))
     note = polygraphy_note(str(model.path), target, options, trt_major, str(target_model.path))
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,

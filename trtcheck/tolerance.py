@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from trtcheck.errors import TrtcheckError, UsageError
 
 ERROR_STATS = ("elemwise", "max", "mean", "median", "quantile")
 
-# Starting points per target precision; suites replace them with measured tolerances.
+# atol and rtol for fields the user leaves out when giving some of atol, rtol, the error statistic
+# or its quantile: an explicit tolerance keeps Polygraphy's meaning (elementwise, both exceeded).
 DEFAULT_TOLERANCES = {
     "fp32": (1e-4, 1e-4),
     "fp16": (1e-2, 1e-2),
     "bf16": (5e-2, 5e-2),
+}
+# The fields that make a tolerance explicit (see `ToleranceRequest.resolve`).
+_SIMPLE_FIELDS = ("atol", "rtol", "check_error_stat", "error_quantile")
+# Unit roundoff (half the spacing of numbers near 1) of each target precision.
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
+# The default when no tolerance is given, per target precision: noise is judged against the
+# output's own magnitude (README, "Comparison"; bench/tolerance_confusion.py measures it):
+# - atol = 8 unit roundoffs x the output's largest finite |reference| value (fp32: 1e-4 x);
+# - at most 0.1% of the elements beyond atol (Polygraphy's quantile statistic, q = 0.999; on
+#   outputs under 1,000 elements that is none, up to interpolation);
+# - no element beyond 4 x atol, however few;
+# - cosine similarity at least 0.9999 (bf16: 0.999, its rounding alone costs about 5e-4);
+# - and, as for every tolerance, inf/nan where the reference is finite fails.
+SCALED_DEFAULTS = {
+    precision: {"atol": 0.0, "rtol": 0.0, "check_error_stat": "quantile",
+                "error_quantile": 0.999, "atol_of_max": atol_of_max, "max_error_factor": 4.0,
+                "min_cosine": min_cosine}
+    for precision, atol_of_max, min_cosine in (
+        ("fp32", 1e-4, 0.99999),
+        ("fp16", 8 * UNIT_ROUNDOFF["fp16"], 0.9999),
+        ("bf16", 8 * UNIT_ROUNDOFF["bf16"], 0.999),
+    )
 }
 
 
@@ -31,6 +54,11 @@ class Tolerance:
     # Integer and bool outputs are compared exactly: the fraction of equal elements must reach
     # this (None: every element).
     min_agreement: float | None = None
+    # atol as a fraction of the output's largest finite |reference| value: `compare` raises
+    # `atol` to it per output (`scaled_to`), bisection per tensor (the default's magnitude rule).
+    atol_of_max: float | None = None
+    # No element may exceed this many times atol (and rtol), whatever the statistic lets through.
+    max_error_factor: float | None = None
 
     def __post_init__(self) -> None:
         # The front ends check with the flag or file:line first; this catches API callers.
@@ -45,6 +73,39 @@ class Tolerance:
         if self.min_agreement is not None:
             check_tolerance_value(f"min_agreement {self.min_agreement!r}", self.min_agreement,
                                   0.0, 1.0)
+        if self.atol_of_max is not None:
+            check_tolerance_value(f"atol_of_max {self.atol_of_max!r}", self.atol_of_max)
+        if self.max_error_factor is not None:
+            check_tolerance_value(f"max_error_factor {self.max_error_factor!r}",
+                                  self.max_error_factor, 1.0)
+
+    def scaled_to(self, magnitude: float) -> Tolerance:
+        """This tolerance for values whose largest finite |value| is `magnitude`.
+
+        atol becomes at least `atol_of_max x magnitude`; applying it twice changes nothing, so a
+        tolerance already scaled to an output can be carried onto a tensor and scaled again.
+        """
+        if self.atol_of_max is None or not math.isfinite(magnitude):
+            return self
+        return replace(self, atol=max(self.atol, self.atol_of_max * magnitude))
+
+    def describe(self) -> str:
+        """One line: the statistic, atol (and how it scales), rtol, the other minimums."""
+        if self.check_error_stat == "quantile":
+            text = f"{self.error_quantile:g} quantile"
+        else:
+            text = self.check_error_stat
+        text += f" atol={self.atol:.3g}"
+        if self.atol_of_max is not None:
+            text += f" ({self.atol_of_max:.3g} x max|ref|)"
+        text += f" rtol={self.rtol:g}"
+        if self.max_error_factor is not None:
+            text += f", none beyond {self.max_error_factor:g}x atol,"
+        if self.min_cosine is not None:
+            text += f" cos>={self.min_cosine:g}"
+        if self.min_snr is not None:
+            text += f" snr>={self.min_snr:g}dB"
+        return text
 
 
 @dataclass(frozen=True)
@@ -52,12 +113,20 @@ class Tolerances:
     """Per-output criteria: `per_output` overrides `default` field by field."""
 
     default: Tolerance
-    per_output: dict[str, dict[str, float | str]] = field(default_factory=dict)
+    # None switches a field of the default off for that output (the scaled rule's atol_of_max).
+    per_output: dict[str, dict[str, float | str | None]] = field(default_factory=dict)
 
     def for_output(self, name: str) -> Tolerance:
         overrides = self.per_output.get(name, {})
         merged = {**self.default.__dict__, **overrides}
         return Tolerance(**merged)
+
+    def with_atols(self, atols: dict[str, float]) -> Tolerances:
+        """The same tolerances with these outputs' atol fixed (the scaled default, resolved)."""
+        per_output = {name: dict(fields) for name, fields in self.per_output.items()}
+        for name, atol in atols.items():
+            per_output.setdefault(name, {})["atol"] = atol
+        return Tolerances(self.default, per_output)
 
     def check(self, output_names: tuple[str, ...]) -> None:
         """Raises `UsageError` for overrides naming outputs the model does not have."""
@@ -76,21 +145,36 @@ class Tolerances:
 class ToleranceRequest:
     """Tolerances as the user gave them: field -> {output name or "" for all -> value}.
 
-    Fields left out take the target precision's defaults (`compare.DEFAULT_TOLERANCES`).
+    Fields left out take the target precision's defaults (see `resolve`).
     """
 
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def resolve(self, precision: str) -> Tolerances:
+        """The tolerances for a target of `precision`.
+
+        Outputs with none of atol, rtol, error statistic or quantile given get the precision's
+        magnitude-scaled default (`SCALED_DEFAULTS`); given ones keep their exact meaning, with
+        `DEFAULT_TOLERANCES` for the fields left out. A given cosine or SNR minimum replaces or
+        adds to either.
+        """
         atol, rtol = DEFAULT_TOLERANCES[precision]
-        defaults: dict[str, Any] = {"atol": atol, "rtol": rtol}
+        explicit: dict[str, Any] = {"atol": atol, "rtol": rtol}
+        for_all = {name: by_output[""] for name, by_output in self.values.items()
+                   if "" in by_output}
+        scaled = not any(name in for_all for name in _SIMPLE_FIELDS)
+        defaults = {**(SCALED_DEFAULTS[precision] if scaled else explicit), **for_all}
         per_output: dict[str, dict[str, Any]] = {}
         for field_name, by_output in self.values.items():
             for output, value in by_output.items():
-                if output == "":
-                    defaults[field_name] = value
-                else:
+                if output != "":
                     per_output.setdefault(output, {})[field_name] = value
+        if scaled:
+            # An output given an explicit tolerance leaves the scaled rule entirely.
+            unscaled = {**Tolerance(atol, rtol).__dict__, **explicit, **for_all}
+            for overrides in per_output.values():
+                if any(name in overrides for name in _SIMPLE_FIELDS):
+                    overrides.update({**unscaled, **overrides})
         return Tolerances(Tolerance(**defaults), per_output)
 
 

@@ -44,6 +44,8 @@ def describe_criterion(tolerance: Tolerance, output_scale: float) -> str:
              f"{output_scale:.3g} (the output's), rtol={tolerance.rtol:.3g}"]
     if tolerance.check_error_stat == "quantile":
         parts.append(f"quantile {tolerance.error_quantile:g}")
+    if tolerance.max_error_factor is not None:
+        parts.append(f"no element beyond {tolerance.max_error_factor:g}x atol")
     if tolerance.min_cosine is not None:
         parts.append(f"cosine >= {tolerance.min_cosine:g}")
     if tolerance.min_snr is not None:

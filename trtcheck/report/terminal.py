@@ -26,13 +26,7 @@ def _tolerance(diff: OutputDiff) -> str:
     if _is_integer(diff):  # compared exactly, whatever the float fields say
         minimum = diff.tolerance.min_agreement
         return "exact" if minimum is None else f"agreement>={minimum:g}"
-    tol = diff.tolerance
-    text = f"{tol.check_error_stat} atol={tol.atol:g} rtol={tol.rtol:g}"
-    if tol.min_cosine is not None:
-        text += f" cos>={tol.min_cosine:g}"
-    if tol.min_snr is not None:
-        text += f" snr>={tol.min_snr:g}dB"
-    return text
+    return diff.tolerance.describe()
 
 
 class ComparisonView:
