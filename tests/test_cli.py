@@ -203,7 +203,10 @@ def test_tensorrt_11_command_uses_the_converted_model(save_model, trtcheck_cli, 
     assert run.code == 1
     import shlex
 
-    argv = shlex.split(read_json(tmp_path / "out" / "r.json")["polygraphy_command"])
+    # A pair: ONNX Runtime on the original saves its outputs, TensorRT builds the converted model
+    # and compares with them (tests/test_repro.py runs both halves).
+    command = read_json(tmp_path / "out" / "r.json")["polygraphy_command"]
+    argv = shlex.split(command.split(" && ")[1])
     # Written to trtcheck's own work folder (marked as such), printed in the command.
     converted = tmp_path / "trtcheck-work" / "model.fp16.onnx"
     assert tmp_path / argv[2] == converted and "--strongly-typed" in argv and "--fp16" not in argv
