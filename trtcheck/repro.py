@@ -47,6 +47,9 @@ def _tolerance_flags(tolerances: Tolerances, for_polygraphy: bool) -> list[str]:
         if field_name == "error_quantile" and not uses_quantile:
             continue
         base = getattr(default, field_name)
+        if not for_polygraphy and default.atol_of_max is not None and field_name in (
+                "atol", "rtol", "check_error_stat", "error_quantile"):
+            base = None  # the scaled default: spelled out, these flags would switch it off
         overrides = {name: fmt(o[field_name]) for name, o in tolerances.per_output.items()
                      if o.get(field_name) is not None}
         flag = polygraphy_flag if for_polygraphy else trtcheck_flag
