@@ -4,8 +4,10 @@ What it measures: the wall time of whole CLI runs, process start to exit, includ
 interpreter start-up, the imports, loading the model, two ONNX Runtime sessions and the
 comparison. It is the time a user waits for one check, not the time of one inference.
 
-For each model (zoo/demo.onnx, and onnx's bundled light_squeezenet and light_resnet50, both
-opset 9 with input [1,3,224,224] float32), the bench:
+For each model (zoo/demo.onnx; onnx's bundled light_resnet50, opset 9 with input
+[1,3,224,224] float32; and, when the real-model corpus is built in .cache/trtcheck-bench/corpus,
+resnet18_classic (47 MB of weights) and bert_base_classic (438 MB, integer inputs) with the
+shapes and ranges its manifest gives), the bench:
 
 1. records one set of inputs with `trtcheck compare MODEL --save-inputs F.json` (not timed), so
    both tools run on exactly the same arrays;
@@ -19,7 +21,13 @@ opset 9 with input [1,3,224,224] float32), the bench:
 
 The first two are peers: both run fp32 ONNX Runtime twice and compare the outputs. The third
 does more work (it builds the fp16-emulated model first); its ratio is still taken against
-the same polygraphy row.
+the same polygraphy row. A last group times `trtcheck --help` against `polygraphy --help`
+(interleaved the same way), and checks `trtcheck --help` against its 0.2 s budget.
+
+Both tools run with Python's bytecode cache on, in a cache folder of the bench's own
+(PYTHONPYCACHEPREFIX, filled by the warm-up): an installed wheel has its .pyc files, and an
+editable checkout under PYTHONDONTWRITEBYTECODE=1 would otherwise compile every trtcheck module
+on every run (about 60 ms) while Polygraphy's site-packages keep theirs.
 
 Exit codes 0 (pass) and 1 (mismatch) are legitimate outcomes of both tools; any other exit code
 stops the bench with the command's stderr and a non-zero exit.
@@ -49,14 +57,22 @@ import onnx
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "zoo" / "demo.onnx"
 LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
-LIGHT_MODELS = ("light_squeezenet.onnx", "light_resnet50.onnx")
+# light_squeezenet is left out: its output is the same under any input (its weights are left
+# out of the file), and trtcheck refuses a check whose reference carries no signal (exit 3).
+LIGHT_MODELS = ("light_resnet50.onnx",)
+CORPUS = REPO / ".cache" / "trtcheck-bench" / "corpus"
+CORPUS_MODELS = ("resnet18_classic", "bert_base_classic")
 
 TRTCHECK = [sys.executable, "-m", "trtcheck"]
 POLYGRAPHY = Path(sys.executable).parent / "polygraphy"
 
 OK_EXIT_CODES = (0, 1)  # pass, mismatch: both tools use them the same way
 BASELINE = "polygraphy --onnxrt --onnxrt"
+HELP_BASELINE = "polygraphy --help"
+HELP_BUDGET_S = 0.2
 EXTRA_WORK_MARK = "*"
+# Set by `main`: the environment every timed command runs in (see the module docstring).
+ENVIRONMENT: dict[str, str] = {}
 
 
 class BenchError(RuntimeError):
@@ -82,11 +98,12 @@ class Row:
 @dataclass
 class ModelBench:
     name: str
-    path: Path
+    path: Path | None
     rows: list[Row]
+    baseline_label: str = BASELINE
 
     def baseline(self) -> Row:
-        return next(row for row in self.rows if row.label == BASELINE)
+        return next(row for row in self.rows if row.label == self.baseline_label)
 
     def ratio(self, row: Row) -> float:
         return row.median / self.baseline().median
@@ -96,7 +113,8 @@ def run(argv: list[str], timeout: float) -> tuple[float, int]:
     """Run one command; return its wall time in seconds and its exit code."""
     start = time.perf_counter()
     try:
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                              env=ENVIRONMENT or None)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"timed out after {timeout:g} s: {_shell(argv)}") from exc
     elapsed = time.perf_counter() - start
@@ -113,7 +131,7 @@ def _shell(argv: list[str]) -> str:
     return " ".join(argv)
 
 
-def models() -> list[tuple[str, Path]]:
+def models() -> list[tuple[str, Path, list[str]]]:
     """The benched models, building zoo/demo.onnx first if it is missing."""
     if not DEMO.exists():
         print(f"{DEMO.relative_to(REPO)} is missing: building it with python -m zoo.build")
@@ -121,13 +139,29 @@ def models() -> list[tuple[str, Path]]:
                               capture_output=True, text=True)
         if proc.returncode != 0 or not DEMO.exists():
             raise BenchError(f"python -m zoo.build failed:\n{proc.stderr.rstrip()}")
-    found = [("demo", DEMO)]
+    found: list[tuple[str, Path, list[str]]] = [("demo", DEMO, [])]
     for filename in LIGHT_MODELS:
         path = LIGHT_DIR / filename
         if not path.exists():
             raise BenchError(f"{path} not found: this onnx package does not ship it")
-        found.append((path.stem, path))
+        found.append((path.stem, path, []))
+    manifest = CORPUS / "manifest.json"
+    if manifest.exists():
+        entries = {entry["name"]: entry for entry in json.loads(manifest.read_text())}
+        for name in CORPUS_MODELS:
+            if name in entries and (CORPUS / entries[name]["path"]).exists():
+                found.append((name, CORPUS / entries[name]["path"], _input_flags(entries[name])))
+    else:
+        print(f"{manifest} not found: the corpus models are left out", file=sys.stderr)
     return found
+
+
+def _input_flags(entry: dict) -> list[str]:
+    """The manifest's shapes and ranges as flags, for recording the inputs."""
+    flags = ["--input-shapes", *(f"{name}:{'x'.join(map(str, shape)) or 'scalar'}"
+                                 for name, shape in entry["input_shapes"].items() if shape)]
+    return flags + ["--val-range", *(f"{name}:[{low},{high}]"
+                                     for name, (low, high) in entry["val_ranges"].items())]
 
 
 def commands(model: Path, inputs: Path) -> list[Row]:
@@ -143,13 +177,27 @@ def commands(model: Path, inputs: Path) -> list[Row]:
     ]
 
 
-def bench_model(name: str, path: Path, workdir: Path, repeats: int, timeout: float) -> ModelBench:
+def bench_model(name: str, path: Path, input_flags: list[str], workdir: Path, repeats: int,
+                timeout: float) -> ModelBench:
     inputs = workdir / f"{name}.inputs.json"
     run([*TRTCHECK, "compare", str(path), "--reference", "onnxrt", "--target", "onnxrt",
-         "--save-inputs", str(inputs)], timeout)
+         *input_flags, "--save-inputs", str(inputs)], timeout)
     if not inputs.exists():
         raise BenchError(f"trtcheck --save-inputs did not write {inputs}")
     rows = commands(path, inputs)
+    time_rows(rows, repeats, timeout)
+    return ModelBench(name, path, rows)
+
+
+def bench_help(repeats: int, timeout: float) -> ModelBench:
+    """`trtcheck --help` next to `polygraphy --help`: start-up and argument parsing alone."""
+    rows = [Row("trtcheck --help", [*TRTCHECK, "--help"]),
+            Row(HELP_BASELINE, [str(POLYGRAPHY), "--help"])]
+    time_rows(rows, repeats, timeout)
+    return ModelBench("(start-up)", None, rows, HELP_BASELINE)
+
+
+def time_rows(rows: list[Row], repeats: int, timeout: float) -> None:
     for row in rows:  # warm-up, untimed
         run(row.argv, timeout)
     for _ in range(repeats):  # interleaved: A, B, C, A, B, C, ...
@@ -157,7 +205,6 @@ def bench_model(name: str, path: Path, workdir: Path, repeats: int, timeout: flo
             elapsed, code = run(row.argv, timeout)
             row.times.append(elapsed)
             row.exit_codes.append(code)
-    return ModelBench(name, path, rows)
 
 
 def render(results: list[ModelBench], repeats: int) -> str:
@@ -165,7 +212,7 @@ def render(results: list[ModelBench], repeats: int) -> str:
     lines: list[tuple[str, ...]] = []
     for result in results:
         for row in result.rows:
-            ratio = "-" if row.label == BASELINE else f"{result.ratio(row):.2f}"
+            ratio = "-" if row.label == result.baseline_label else f"{result.ratio(row):.2f}"
             lines.append((result.name, row.label, f"{row.median:.3f}", f"{row.best:.3f}", ratio))
     widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
     right = (False, False, True, True, True)
@@ -187,6 +234,12 @@ def render(results: list[ModelBench], repeats: int) -> str:
     out.append(f"{EXTRA_WORK_MARK} trtcheck does extra work in this row: it builds the "
                "fp16-emulated model before")
     out.append("  running it, so it is not a like-for-like peer of the polygraphy fp32 row.")
+    for result in results:
+        for row in result.rows:
+            if row.label == "trtcheck --help":
+                verdict = "within" if row.median < HELP_BUDGET_S else "OVER"
+                out.append(f"trtcheck --help: median {row.median:.3f} s, {verdict} its "
+                           f"{HELP_BUDGET_S:g} s budget.")
     mismatches: dict[str, list[str]] = {}
     for result in results:
         for row in result.rows:
@@ -207,7 +260,7 @@ def to_json(results: list[ModelBench], repeats: int) -> dict[str, object]:
         "models": [
             {
                 "model": result.name,
-                "path": str(result.path),
+                "path": str(result.path) if result.path else None,
                 "rows": [
                     {
                         "command": row.label,
@@ -216,6 +269,7 @@ def to_json(results: list[ModelBench], repeats: int) -> dict[str, object]:
                         "median_s": row.median,
                         "min_s": row.best,
                         "ratio_vs_polygraphy": result.ratio(row),
+                        "baseline": result.baseline_label,
                         "exit_codes": row.exit_codes,
                     }
                     for row in result.rows
@@ -242,10 +296,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="trtcheck-bench-") as tmp:
+            ENVIRONMENT.update({k: v for k, v in os.environ.items()
+                                if k != "PYTHONDONTWRITEBYTECODE"})
+            ENVIRONMENT["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
             results = []
-            for name, path in models():
+            for name, path, input_flags in models():
                 print(f"benching {name} ...", file=sys.stderr, flush=True)
-                results.append(bench_model(name, path, Path(tmp), args.repeats, args.timeout))
+                results.append(bench_model(name, path, input_flags, Path(tmp), args.repeats,
+                                           args.timeout))
+            print("benching --help ...", file=sys.stderr, flush=True)
+            results.append(bench_help(args.repeats, args.timeout))
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 3

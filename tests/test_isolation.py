@@ -271,3 +271,78 @@ def test_the_pytest_timeout_option_bounds_runs_and_rejects_values_that_disable_i
         refused = pytester.runpytest_subprocess(f"--trtcheck-timeout={bad}", timeout=120)
         assert refused.ret == pytest.ExitCode.USAGE_ERROR, bad
         assert "--trtcheck-timeout" in refused.stderr.str()
+
+
+def _crash_in_target(self, *args, **kwargs):
+    """ONNX Runtime's runner, crashing for the target only (the reference runs first)."""
+    if self.name.startswith("target:"):
+        _segfault()
+    return _ORIGINAL_INFER(self, *args, **kwargs)
+
+
+def _original_infer():
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    return OnnxrtRunner.infer_impl
+
+
+_ORIGINAL_INFER = _original_infer()
+
+
+def test_one_child_runs_both_and_a_crash_names_the_run_that_crashed(demo, planted, monkeypatch):
+    calls = []
+    real = isolation._call_in_child
+
+    def counted(func, arguments, whats, timeout):
+        calls.append(whats)
+        return real(func, arguments, whats, timeout)
+
+    monkeypatch.setattr(isolation, "_call_in_child", counted)
+    result = compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+    assert [diff.name for diff in result.outputs] == ["scores", "energy"]
+    assert calls == [("onnxrt (reference:onnxrt)", "onnxrt-fp16 (target:onnxrt-fp16)")]
+
+    planted(_crash_in_target)
+    with pytest.raises(isolation.BackendCrashError,
+                       match=r"^onnxrt-fp16 \(target:onnxrt-fp16\): .*SIGSEGV"):
+        compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
+
+
+def _sleep_then_time(seconds: float) -> float:
+    time.sleep(seconds)
+    return time.monotonic()
+
+
+def test_each_call_in_one_child_has_its_own_timeout():
+    with isolation.isolation(timeout=1.5):
+        # Two calls of 0.8 s: 1.6 s in all, more than one timeout, less than two.
+        done = isolation.call_each(_sleep_then_time, [(0.8,), (0.8,)], ["first", "second"])
+        assert len(done) == 2 and done[0] < done[1]
+        with pytest.raises(isolation.BackendCrashError, match=r"^second: timed out after 1\.5 s"):
+            isolation.call_each(_sleep_then_time, [(0.1,), (3600,)], ["first", "second"])
+
+
+def _raise_input_error(text: str) -> None:
+    raise InputDataError(text)
+
+
+def test_an_error_in_one_call_stops_the_rest():
+    with pytest.raises(InputDataError, match="first failed"):
+        isolation.call_each(_raise_input_error, [("first failed",), ("second ran",)],
+                            ["first", "second"])
+
+
+def test_meanwhile_work_runs_in_the_parent_while_the_child_runs():
+    seen: list[tuple[int, float]] = []
+
+    def work() -> None:
+        seen.append((os.getpid(), time.monotonic()))
+
+    with isolation.meanwhile(work):
+        (child_done,) = isolation.call_each(_sleep_then_time, [(1.0,)], ["sleeper"])
+        isolation.call_each(_sleep_then_time, [(0.0,)], ["again"])
+    # Once, in this process, before the child had finished its run.
+    assert len(seen) == 1 and seen[0][0] == os.getpid() and seen[0][1] < child_done
+    with isolation.isolation(enabled=False), isolation.meanwhile(work):
+        isolation.call_each(_sleep_then_time, [(0.0,)], ["in-process"])
+    assert len(seen) == 2, "in-process, the work is done after the call"

@@ -198,10 +198,12 @@ def prepare_in_parent(model: LoadedModel, backend: Backend, options: BackendOpti
 
 def onnxrt_session_source(model: LoadedModel, backend: Backend, options: BackendOptions,
                           mark: Sequence[str] = ()) -> bytes | str:
-    """The model an ONNX Runtime session loads: serialised bytes, or a path (external data).
+    """The model an ONNX Runtime session loads: serialised bytes, or a path.
 
-    An emulated or marked model over 2 GB cannot be serialised: it is saved with its weights
-    beside it in the work folder, and the session loads that path.
+    The model as loaded is its file (`model.load_model` changes nothing), so ONNX Runtime reads
+    that path itself, as `polygraphy run` does: no serialising in Python, no second copy in
+    memory. An emulated or marked model over 2 GB cannot be serialised: it is saved with its
+    weights beside it in the work folder, and the session loads that path.
     """
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.emulated or mark:
@@ -214,9 +216,7 @@ def onnxrt_session_source(model: LoadedModel, backend: Backend, options: Backend
             runnable = mark_outputs(runnable, mark)
         folder = options.work_dir or session_work_folder()
         return session_source(runnable, folder / f"{model.path.stem}.{backend.name}.session.onnx")
-    if model.has_external_data():
-        return str(model.path)
-    return model.proto.SerializeToString()
+    return str(model.path)
 
 
 def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str):

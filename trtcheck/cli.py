@@ -582,18 +582,30 @@ def _console(stderr: bool = False):
                    width=console_width(stream.isatty()))
 
 
-def run_compare(args: argparse.Namespace) -> int:
-    from trtcheck.core import compare_model, library_versions
-    from trtcheck.report.json_report import error_to_dict, result_to_dict
-    from trtcheck.report.terminal import ComparisonView
+def _import_reporting() -> None:
+    """Imports what printing and writing a result needs (rich, the views, the JSON report)."""
+    import onnx_graphsurgeon  # noqa: F401 - `library_versions` reads its version
 
-    console = _console()
+    import trtcheck.report.json_report
+    import trtcheck.report.terminal  # noqa: F401
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from trtcheck import isolation
+    from trtcheck.core import compare_model, library_versions
+
+    # The report's imports are done while the backends run in their child process (on a
+    # terminal the spinner needs rich first); `polygraphy run` has no such imports to pay.
+    console = _console() if sys.stdout.isatty() else None
     localization = None
     bisect_error: TrtcheckError | None = None
     try:
         request = request_from_args(args)
-        with display(console):
+        with display(console), isolation.meanwhile(_import_reporting):
             result = compare_model(request, verbose=args.verbose)
+        console = console or _console()
+        from trtcheck.report.terminal import ComparisonView
+
         for warning in result.feeds.warnings:
             print(f"trtcheck: warning: {warning}", file=sys.stderr)
         if result.target_note:
@@ -606,8 +618,12 @@ def run_compare(args: argparse.Namespace) -> int:
         # soft_wrap keeps the command on one line so it can be copied as it is.
         console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
     except TrtcheckError as err:
+        from trtcheck.report.json_report import error_to_dict
+
         _write_reports(args, error_to_dict(str(err), str(args.model), library_versions()))
         raise
+    from trtcheck.report.json_report import result_to_dict
+
     if (args.bisect or args.command == "bisect") and result.verdict == "fail":
         try:
             localization = _bisect(args, result, console)

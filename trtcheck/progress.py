@@ -17,8 +17,11 @@ _ACTIVE: ContextVar[Any] = ContextVar("trtcheck_progress", default=None)
 
 @contextlib.contextmanager
 def display(console: Any) -> Iterator[None]:
-    """Shows a spinner with the current step and elapsed time while the block runs."""
-    if not console.is_terminal:
+    """Shows a spinner with the current step and elapsed time while the block runs.
+
+    `console` None (output that is not a terminal) shows nothing.
+    """
+    if console is None or not console.is_terminal:
         yield
         return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn

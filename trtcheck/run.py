@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,18 @@ def _run_error(backend_name: str, what: str, err: BaseException,
     return BackendRunError(f"{backend_name}: {what}: {first_line(err)}{hint}")
 
 
+@dataclass(frozen=True)
+class BackendRun:
+    """One run of one backend on every feed: what `run_backend` takes."""
+
+    model: LoadedModel
+    backend: Backend
+    options: BackendOptions
+    iterations: Sequence[Feed]
+    name: str
+    mark: Sequence[str] = ()
+
+
 def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
                 iterations: Sequence[Feed], name: str,
                 mark: Sequence[str] = ()) -> tuple[str, list[Any]]:
@@ -68,15 +81,27 @@ def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
     `mark` names intermediate tensors to return besides the model's outputs. The run happens in
     a child process with a timeout (`trtcheck.isolation`): a crash or a hang becomes an error.
     """
+    return run_backends([BackendRun(model, backend, options, iterations, name, mark)])[0]
+
+
+def run_backends(runs: Sequence[BackendRun]) -> list[tuple[str, list[Any]]]:
+    """`run_backend` for each of `runs`, in order, in one child process (one fork for all).
+
+    Each run keeps its own timeout and its own name in a crash's message.
+    """
     from trtcheck import isolation
     from trtcheck.backends import prepare_in_parent
 
-    try:
-        source = prepare_in_parent(model, backend, options, mark)
-    except Exception as err:
-        raise _run_error(backend.name, "could not build", err) from err
-    return isolation.call(_run_backend_here, model, backend, options, iterations, name, mark,
-                          source, what=f"{backend.name} ({name})")
+    arguments = []
+    for run in runs:
+        try:
+            source = prepare_in_parent(run.model, run.backend, run.options, run.mark)
+        except Exception as err:
+            raise _run_error(run.backend.name, "could not build", err) from err
+        arguments.append((run.model, run.backend, run.options, run.iterations, run.name,
+                          run.mark, source))
+    return isolation.call_each(_run_backend_here, arguments,
+                               [f"{run.backend.name} ({run.name})" for run in runs])
 
 
 def _run_backend_here(model: LoadedModel, backend: Backend, options: BackendOptions,
@@ -181,8 +206,22 @@ class ReferenceCache:
 
     def get_or_run(self, model: LoadedModel, backend: Backend, options: BackendOptions,
                    feeds: Feeds, name: str) -> tuple[str, list[Any]]:
-        key = (model.sha256, backend.name, ",".join(options.providers),
-               feeds_key(feeds.iterations), name)
+        reference = BackendRun(model, backend, options, feeds.iterations, name)
+        key = self._key(reference)
         if key not in self._runs:
-            self._runs[key] = run_backend(model, backend, options, feeds.iterations, name)
+            self._runs[key] = run_backends([reference])[0]
         return self._runs[key]
+
+    def run_with(self, reference: BackendRun, target: BackendRun
+                 ) -> tuple[tuple[str, list[Any]], tuple[str, list[Any]]]:
+        """The reference's run (reused when kept) and the target's, in one child process."""
+        key = self._key(reference)
+        if key in self._runs:
+            return self._runs[key], run_backends([target])[0]
+        self._runs[key], ran = run_backends([reference, target])
+        return self._runs[key], ran
+
+    @staticmethod
+    def _key(run: BackendRun) -> tuple[str, ...]:
+        return (run.model.sha256, run.backend.name, ",".join(run.options.providers),
+                feeds_key(run.iterations), run.name)
