@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from trtcheck.tolerance import Tolerance, ToleranceRequest, check_tolerance_valu
 from zoo.build import cnn
 
 BAD = ["nan", "inf", "-inf"]
+ZOO_DETECTION_HEAD = Path(__file__).resolve().parents[1] / "zoo" / "detection_head.onnx"
 
 # (subcommand, flag, values it must refuse). Every numeric flag of every subcommand; `=` keeps
 # argparse from reading "-inf" as an option. lint has none (--trt-major is a choice of 10/11).
@@ -102,3 +104,58 @@ def test_pipeline_rtol_nan_would_let_every_change_through():
     feeds = [{"image": np.zeros((1, 3, 32, 32), np.float32)}]
     with pytest.raises(UsageError, match="rtol nan: must be a finite number"):
         run_pipeline(cnn(), [], PassContext(), feeds, rtol=math.nan)
+
+
+def test_default_is_scaled_to_each_output_and_explicit_values_keep_their_meaning():
+    scaled = ToleranceRequest().resolve("fp16").for_output("boxes")
+    assert scaled.atol_of_max == 2**-8 and scaled.check_error_stat == "quantile"
+    assert scaled.max_error_factor == 4 and scaled.min_cosine == 0.9999
+    # Resolved against an output reaching 320 (box coordinates): atol 1.25; again: unchanged.
+    assert scaled.scaled_to(320.0).atol == pytest.approx(1.25)
+    assert scaled.scaled_to(320.0).scaled_to(320.0) == scaled.scaled_to(320.0)
+    explicit = ToleranceRequest({"atol": {"": 0.01}}).resolve("fp16").for_output("boxes")
+    assert (explicit.atol, explicit.rtol, explicit.check_error_stat) == (0.01, 1e-2, "elemwise")
+    assert explicit.atol_of_max is None and explicit.max_error_factor is None
+    assert explicit.min_cosine is None
+    one = ToleranceRequest({"atol": {"boxes": 0.5}, "min_cosine": {"": 0.99}}).resolve("bf16")
+    assert one.for_output("boxes").atol_of_max is None
+    assert one.for_output("boxes").min_cosine == 0.99
+    assert one.for_output("scores").atol_of_max == 2**-5
+    assert one.for_output("scores").min_cosine == 0.99
+
+
+def test_default_passes_fp16_noise_and_fails_a_few_elements_far_off():
+    """The verdict and the bisect criterion on a real model's fp16 noise, then with a fault."""
+    import onnx
+    from polygraphy.comparator import IterationResult, RunResults
+
+    from trtcheck.compare import compare_runs, tensor_verdict
+    from trtcheck.run import run_onnx
+
+    model = onnx.load(str(ZOO_DETECTION_HEAD))
+    feed = {i.name: np.random.default_rng(0).random(
+        [d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+        for i in model.graph.input}
+    (reference,) = run_onnx(model, [feed])
+    # Boxes scaled to pixels: fp16 rounding relative to the values, a few elements at 2 x atol.
+    boxes = reference["boxes"] * 320
+    rounded = boxes.astype(np.float16).astype(np.float32)
+    tolerances = ToleranceRequest().resolve("fp16")
+
+    def verdict(target):
+        results = RunResults()
+        results.append(("ref", [IterationResult({"boxes": boxes}, runner_name="ref")]))
+        results.append(("tgt", [IterationResult({"boxes": target}, runner_name="tgt")]))
+        (diff,) = compare_runs(results, "ref", "tgt", tolerances)
+        assert diff.passed == (not tensor_verdict(target, boxes, diff.tolerance))
+        return diff
+
+    assert verdict(rounded).passed
+    atol = 2**-8 * float(np.abs(boxes).max())
+    one_off = rounded.copy()
+    one_off.flat[7] += 2 * atol  # 1 of 1,024 elements past atol: within the 0.1% allowed
+    assert verdict(one_off).passed
+    far_off = rounded.copy()
+    far_off.flat[7] += 5 * atol  # but never past 4 x atol
+    diff = verdict(far_off)
+    assert not diff.passed and "beyond 4 x atol" in diff.failures[-1]
