@@ -346,3 +346,22 @@ def test_meanwhile_work_runs_in_the_parent_while_the_child_runs():
     with isolation.isolation(enabled=False), isolation.meanwhile(work):
         isolation.call_each(_sleep_then_time, [(0.0,)], ["in-process"])
     assert len(seen) == 2, "in-process, the work is done after the call"
+
+
+def test_a_kept_reference_run_is_reused_by_the_next_target(demo, monkeypatch):
+    from trtcheck.run import ReferenceCache
+
+    calls = []
+    real = isolation._call_in_child
+
+    def counted(func, arguments, whats, timeout):
+        calls.append(whats)
+        return real(func, arguments, whats, timeout)
+
+    monkeypatch.setattr(isolation, "_call_in_child", counted)
+    cache = ReferenceCache()
+    first = compare_model(CompareRequest(model=demo, target="onnxrt-fp16"), reference_cache=cache)
+    second = compare_model(CompareRequest(model=demo, target="onnxrt-bf16"), reference_cache=cache)
+    assert calls == [("onnxrt (reference:onnxrt)", "onnxrt-fp16 (target:onnxrt-fp16)"),
+                     ("onnxrt-bf16 (target:onnxrt-bf16)",)]
+    assert first.model_sha256 == second.model_sha256 == load_model(demo).sha256

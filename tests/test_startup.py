@@ -50,3 +50,55 @@ def test_an_unmodified_fp32_model_is_read_by_onnx_runtime_from_its_path():
     assert onnxrt_session_source(model, get_backend("onnxrt"), BackendOptions()) == str(model.path)
     emulated = onnxrt_session_source(model, get_backend("onnxrt-fp16"), BackendOptions())
     assert isinstance(emulated, bytes)
+
+
+def test_the_model_is_hashed_once_and_only_when_asked(monkeypatch):
+    import hashlib
+
+    from trtcheck import model as model_module
+
+    hashed: list[Path] = []
+    real = model_module.sha256_of
+    monkeypatch.setattr(model_module, "sha256_of", lambda path: hashed.append(path) or real(path))
+    model = load_model(ZOO / "real" / "bert_tiny_classic.onnx")
+    assert hashed == []
+    expected = hashlib.sha256(model.path.read_bytes()).hexdigest()
+    assert model.sha256 == expected and model.sha256 == expected
+    assert hashed == [model.path]
+
+
+@pytest.mark.parametrize("path", sorted((ZOO / "real").glob("*.onnx")), ids=lambda p: p.stem)
+def test_emulation_reads_the_same_types_without_the_weights(path):
+    import onnx
+
+    from trtcheck.precision import _value_types
+
+    proto = load_model(path).proto
+    full = onnx.shape_inference.infer_shapes(proto, strict_mode=False).graph
+    expected = {init.name: onnx.helper.make_tensor_type_proto(init.data_type, list(init.dims))
+                for init in full.initializer}
+    expected.update({value.name: value.type
+                     for value in [*full.value_info, *full.output, *full.input]})
+    assert _value_types(proto) == expected
+
+
+def test_the_checker_and_the_hash_run_while_the_backends_run(monkeypatch):
+    from trtcheck import core, isolation
+    from trtcheck import model as model_module
+
+    events: list[str] = []
+    real_call, real_check, real_hash = (isolation._call_in_child, core.check_model_file,
+                                        model_module.sha256_of)
+
+    def call(*args):
+        events.append("fork")
+        return real_call(*args)
+
+    monkeypatch.setattr(isolation, "_call_in_child", call)
+    monkeypatch.setattr(core, "check_model_file",
+                        lambda path: events.append("check") or real_check(path))
+    monkeypatch.setattr(model_module, "sha256_of",
+                        lambda path: events.append("hash") or real_hash(path))
+    result = core.compare_model(core.CompareRequest(model=ZOO / "demo.onnx", target="onnxrt"))
+    assert events == ["fork", "check", "hash"]
+    assert result.verdict == "pass" and len(result.model_sha256) == 64

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trtcheck import golden
+from trtcheck import golden, isolation
 from trtcheck.atomic import prepare_work_folder, session_work_folder, write_atomically
 from trtcheck.backends import (
     Backend,
@@ -21,9 +23,10 @@ from trtcheck.backends import (
 )
 from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.detections import DetectionSpec, check_specs
+from trtcheck.errors import ModelError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
-from trtcheck.model import LoadedModel, load_model
+from trtcheck.model import LoadedModel, check_model_file, load_model
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
@@ -184,6 +187,48 @@ def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
 
 def _compare_model(request: CompareRequest, model: LoadedModel | None,
                    reference_cache: ReferenceCache) -> ComparisonResult:
+    if model is not None:
+        return _compare_loaded(request, model, reference_cache)
+    model = load_model(request.model, check=False)
+    with _checked_meanwhile(model.path):
+        return _compare_loaded(request, model, reference_cache)
+
+
+@contextlib.contextmanager
+def _checked_meanwhile(path: Path) -> Iterator[None]:
+    """Runs `onnx.checker` on the model file while the backends run, not before.
+
+    The checker parses the whole file again (0.5 s on BERT-base), and a comparison's process
+    only waits for its backends' child. A model the checker rejects is reported as that
+    (`ModelError`), also when something else failed on it first.
+    """
+    outcome: list[ModelError | None] = []
+
+    def check() -> None:
+        try:
+            check_model_file(path)
+        except ModelError as err:
+            outcome.append(err)
+        else:
+            outcome.append(None)
+
+    try:
+        with isolation.meanwhile(check):
+            yield
+    except Exception as err:
+        if not outcome:
+            check()
+        if outcome[0] is not None:
+            raise outcome[0] from err
+        raise
+    if not outcome:
+        check()
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
+                    reference_cache: ReferenceCache) -> ComparisonResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference = get_backend(request.reference)
@@ -220,9 +265,10 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     start = time.perf_counter()
     run_results = RunResults()
     building = "building the TensorRT engine and running" if target.family == "trt" else "running"
-    # Both runs in one child process: one fork less (`run.run_backends`).
+    # Both runs in one child process: one fork less (`run.run_backends`); the model's hash,
+    # needed for the report only, is computed meanwhile.
     with step(f"running the reference ({reference.name}), then {building} the target "
-              f"({target.name})"):
+              f"({target.name})"), isolation.meanwhile(lambda: model.sha256):
         run_results.extend(reference_cache.run_with(
             BackendRun(model, reference, options, feeds.iterations, reference_name),
             BackendRun(target_model, target, options, feeds.iterations, target_name)))

@@ -6,6 +6,7 @@ paths wherever they point; here each failure becomes one line that names the fil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
@@ -41,11 +42,19 @@ class LoadedModel:
 
     path: Path
     proto: onnx.ModelProto
-    sha256: str
     inputs: tuple[InputInfo, ...]
     output_names: tuple[str, ...]
     # The file keeps (some) weights in external data; `proto` holds them all the same.
     external_data: bool = False
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The file's sha256, computed on first use.
+
+        Hashing a large model costs about as much as loading it; a comparison needs it only for
+        its report, and computes it while the backends run (`isolation.meanwhile`).
+        """
+        return sha256_of(self.path)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -125,8 +134,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(path: str | os.PathLike[str]) -> LoadedModel:
-    """Loads and validates an ONNX model, raising `ModelError` with a one-line fix on bad input."""
+def load_model(path: str | os.PathLike[str], check: bool = True) -> LoadedModel:
+    """Loads and validates an ONNX model, raising `ModelError` with a one-line fix on bad input.
+
+    `check=False` leaves `onnx.checker` out, for a caller that runs `check_model_file` itself
+    later (a comparison does it while the backends run: it parses the whole file again).
+    """
     model_path = Path(path)
     if not model_path.exists():
         raise ModelError(f"{model_path}: no such file; check the path")
@@ -158,20 +171,31 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
             raise ModelError(f"{model_path}: external data cannot be read ({err}); the data file "
                              "is truncated or does not belong to this model: copy it again"
                              ) from err
+    if check:
+        check_model_file(model_path)
     try:
-        # The path form also checks models over 2 GB and external data.
-        onnx.checker.check_model(str(model_path))
-    except onnx.checker.ValidationError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
-        raise ModelError(f"{model_path}: rejected by onnx.checker: {first_line}") from err
+        inputs = _input_infos(model.graph)
+    except Exception:
+        # A model malformed enough to break reading its inputs: the checker says how.
+        check_model_file(model_path)
+        raise
     return LoadedModel(
         path=model_path,
         proto=model,
-        sha256=sha256_of(model_path),
-        inputs=_input_infos(model.graph),
+        inputs=inputs,
         output_names=tuple(out.name for out in model.graph.output),
         external_data=external_data,
     )
+
+
+def check_model_file(path: Path) -> None:
+    """`onnx.checker` on the model file, as a `ModelError` naming the first problem."""
+    try:
+        # The path form also checks models over 2 GB and external data.
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else "invalid model"
+        raise ModelError(f"{path}: rejected by onnx.checker: {first_line}") from err
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:

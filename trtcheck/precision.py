@@ -210,9 +210,16 @@ def _names_read_inside(graph: onnx.GraphProto) -> set[str]:
 
 
 def _value_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    """Types of the main graph's values, with shape inference's help where it succeeds."""
+    """Types of the main graph's values, with shape inference's help where it succeeds.
+
+    Inference reads the model without its weights' values (kept: their types and shapes, and
+    small tensors such as Reshape's shapes): with them, it serialises the whole model twice
+    (1.4 s of 2.9 s emulating BERT-base; 7 ms without, and the same types).
+    """
+    from trtcheck.lint import _without_weights
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model), strict_mode=False)
     except Exception:  # a model shape inference rejects (or over 2 GB): declared types only
         inferred = model
     graph = inferred.graph

@@ -202,7 +202,7 @@ class ReferenceCache:
     """Reference runs kept for reuse: every target of a suite case shares one reference run."""
 
     def __init__(self) -> None:
-        self._runs: dict[tuple[str, ...], tuple[str, list[Any]]] = {}
+        self._runs: dict[tuple[object, ...], tuple[str, list[Any]]] = {}
 
     def get_or_run(self, model: LoadedModel, backend: Backend, options: BackendOptions,
                    feeds: Feeds, name: str) -> tuple[str, list[Any]]:
@@ -222,6 +222,9 @@ class ReferenceCache:
         return self._runs[key], ran
 
     @staticmethod
-    def _key(run: BackendRun) -> tuple[str, ...]:
-        return (run.model.sha256, run.backend.name, ",".join(run.options.providers),
-                feeds_key(run.iterations), run.name)
+    def _key(run: BackendRun) -> tuple[object, ...]:
+        # The file's identity, not its sha256: hashing a large model before the run would cost
+        # as much as loading it (`LoadedModel.sha256` is computed while the backends run).
+        stat = run.model.path.stat()
+        return (str(run.model.path.resolve()), stat.st_size, stat.st_mtime_ns, run.backend.name,
+                ",".join(run.options.providers), feeds_key(run.iterations), run.name)
