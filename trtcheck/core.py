@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,8 +31,11 @@ from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
 from trtcheck.run import BackendRun, ReferenceCache, quiet_polygraphy
-from trtcheck.suite import Case, SuiteError, TargetSpec
 from trtcheck.tolerance import ToleranceRequest, Tolerances
+
+if TYPE_CHECKING:
+    # Suites are for check_case only; a CLI comparison need not import (and parse) their schema.
+    from trtcheck.suite import Case, TargetSpec
 
 
 @dataclass(frozen=True)
@@ -370,6 +373,8 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     from trtcheck.sources import resolve
 
     if case.error is not None:
+        from trtcheck.suite import SuiteError
+
         raise SuiteError(case.error)
     assert case.model is not None
     with step(f"fetching {case.model.text}"):
