@@ -202,3 +202,32 @@ def test_a_name_that_fits_is_never_touched():
     # When the head and the last segment do not fit together, the last segment wins.
     assert shorten_names(["/encoder/layers/Add_output_0"], 16) == {
         "/encoder/layers/Add_output_0": "…/Add_output_0"}
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_the_plugins_failure_text_follows_columns(pytester, long_names_model, monkeypatch):
+    """A suite item's failure text, in a CI log 80 columns wide: both long outputs told apart."""
+    (pytester.path / "vit.onnx").write_bytes(long_names_model.read_bytes())
+    pytester.makefile(".suite.toml", widths="""
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[[case]]
+name = "vit"
+model = "vit.onnx"
+inputs.shapes.image = [1, 3, 32, 32]
+""")
+    monkeypatch.setenv("COLUMNS", "80")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)  # no golden yet: the failure shows the comparison
+    text = result.stdout.str()
+    section = text.split("target onnxrt-fp16 vs reference onnxrt", 1)[1]
+    section = section.split("with TensorRT:", 1)[0]
+    rows = [line for line in section.splitlines() if line.endswith(("PASS", "FAIL"))
+            and not line.startswith(" ")]
+    shown = [row.rsplit(None, 1)[0] for row in rows]
+    assert len(shown) == 3 and len(set(shown)) == 3, section
+    for name in OUTPUTS:
+        assert sum(could_be(text, name) for text in shown) == 1, (name, shown)
