@@ -345,7 +345,16 @@ def test_meanwhile_work_runs_in_the_parent_while_the_child_runs():
     assert len(seen) == 1 and seen[0][0] == os.getpid() and seen[0][1] < child_done
     with isolation.isolation(enabled=False), isolation.meanwhile(work):
         isolation.call_each(_sleep_then_time, [(0.0,)], ["in-process"])
-    assert len(seen) == 2, "in-process, the work is done after the call"
+    assert len(seen) == 1, "in-process there is no child to wait for: nothing is done ahead"
+
+
+def test_meanwhile_work_left_when_the_child_answers_is_not_done():
+    seen: list[str] = []
+    with isolation.meanwhile(lambda: time.sleep(1.0), lambda: seen.append("late")):
+        started = time.monotonic()
+        isolation.call_each(_sleep_then_time, [(0.1,)], ["quick"])
+    # The first item outlasted the child, so the second was dropped rather than delay the result.
+    assert seen == [] and time.monotonic() - started < 1.9
 
 
 def test_a_kept_reference_run_is_reused_by_the_next_target(demo, monkeypatch):

@@ -6,6 +6,7 @@ tests pin down the causes, which do not depend on the machine's load.
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -53,8 +54,6 @@ def test_an_unmodified_fp32_model_is_read_by_onnx_runtime_from_its_path():
 
 
 def test_the_model_is_hashed_once_and_only_when_asked(monkeypatch):
-    import hashlib
-
     from trtcheck import model as model_module
 
     hashed: list[Path] = []
@@ -100,5 +99,56 @@ def test_the_checker_and_the_hash_run_while_the_backends_run(monkeypatch):
     monkeypatch.setattr(model_module, "sha256_of",
                         lambda path: events.append("hash") or real_hash(path))
     result = core.compare_model(core.CompareRequest(model=ZOO / "demo.onnx", target="onnxrt"))
-    assert events == ["fork", "check", "hash"]
-    assert result.verdict == "pass" and len(result.model_sha256) == 64
+    # The checker always runs, after the fork; hashing only while the child still works.
+    assert events[:2] == ["fork", "check"] and events.count("check") == 1
+    assert events.count("hash") <= 1
+    assert result.verdict == "pass"
+    assert result.model_sha256 == hashlib.sha256((ZOO / "demo.onnx").read_bytes()).hexdigest()
+
+
+def _count_children(monkeypatch) -> dict[str, list]:
+    from trtcheck import isolation
+
+    seen: dict[str, list] = {"start": [], "call": []}
+    real_start, real_call = isolation.start, isolation._call_in_child
+
+    def start(*args, what):
+        seen["start"].append(what)
+        return real_start(*args, what=what)
+
+    def call(func, arguments, whats, timeout):
+        seen["call"].append(whats)
+        return real_call(func, arguments, whats, timeout)
+
+    monkeypatch.setattr(isolation, "start", start)
+    monkeypatch.setattr(isolation, "_call_in_child", call)
+    return seen
+
+
+def test_fp32_onnx_runtime_runs_start_before_the_model_is_loaded(monkeypatch, capsys):
+    from trtcheck.cli import main
+
+    seen = _count_children(monkeypatch)
+    demo = str(ZOO / "demo.onnx")
+    assert main(["compare", demo, "--reference", "onnxrt", "--target", "onnxrt"]) == 0
+    assert seen == {"start": ["onnxrt (reference:onnxrt), onnxrt (target:onnxrt)"], "call": []}
+    assert "PASS: 2 of 2" in capsys.readouterr().out
+
+    seen["start"].clear()
+    # An emulated target needs the loaded model: only the reference starts early.
+    assert main(["compare", demo, "--target", "onnxrt-bf16", "--atol", "1"]) == 0
+    assert seen == {"start": ["onnxrt (reference:onnxrt)"],
+                    "call": [("onnxrt-bf16 (target:onnxrt-bf16)",)]}
+
+
+def test_a_child_started_early_and_not_needed_is_stopped(monkeypatch, capsys):
+    import multiprocessing
+
+    from trtcheck.cli import main
+
+    seen = _count_children(monkeypatch)
+    code = main(["compare", str(ZOO / "demo.onnx"), "--reference", "onnxrt", "--target",
+                 "onnxrt", "--input-shapes", "nosuchinput:1x3"])
+    assert code == 2 and "nosuchinput" in capsys.readouterr().err
+    assert len(seen["start"]) == 1 and seen["call"] == []
+    assert not [child for child in multiprocessing.active_children() if child.is_alive()]

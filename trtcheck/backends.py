@@ -219,7 +219,8 @@ def onnxrt_session_source(model: LoadedModel, backend: Backend, options: Backend
     return str(model.path)
 
 
-def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str):
+def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str, now: bool = False):
+    """Polygraphy's ONNX Runtime runner; `now` builds its session here rather than when run."""
     import onnxruntime
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
@@ -227,7 +228,7 @@ def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str):
     # noise for a user comparing outputs; errors still show.
     onnxruntime.set_default_logger_severity(3)
     session = SessionFromOnnx(source, providers=list(options.providers))
-    return OnnxrtRunner(session, name=name)
+    return OnnxrtRunner(session() if now else session, name=name)
 
 
 class ConvertedOnnxPath:

@@ -590,7 +590,32 @@ def _import_reporting() -> None:
     import trtcheck.report.terminal  # noqa: F401
 
 
+def _early_runs(args: argparse.Namespace) -> list[str]:
+    """The runs that can start before the model is loaded (`run.started_early`).
+
+    fp32 ONNX Runtime on the model file: the reference, and the target too when it is the same
+    backend on the same model.
+    """
+    from trtcheck.run import EARLY_BACKEND
+
+    if args.reference != EARLY_BACKEND:
+        return []
+    runs = [f"reference:{EARLY_BACKEND}"]
+    if args.target == EARLY_BACKEND and not args.passes:
+        runs.append(f"target:{EARLY_BACKEND}")
+    return runs
+
+
 def run_compare(args: argparse.Namespace) -> int:
+    from trtcheck.run import started_early
+
+    # Before anything heavy is imported: ONNX Runtime builds the reference's session in a child
+    # while this process imports, loads and feeds the model.
+    with started_early(args.model, _early_runs(args), args.providers, args.verbose):
+        return _run_compare(args)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
     from trtcheck import isolation
     from trtcheck.core import compare_model, library_versions
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from trtcheck.detections import DetectionSpec, check_specs
 from trtcheck.errors import ModelError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
-from trtcheck.model import LoadedModel, check_model_file, load_model
+from trtcheck.model import LoadedModel, check_model_file, load_model, sha256_of
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
@@ -62,7 +63,6 @@ class ComparisonResult:
     """The outcome of one comparison: verdict, per-output diffs and the effective configuration."""
 
     model_path: str
-    model_sha256: str
     reference: Backend
     target: Backend
     target_note: str | None
@@ -84,6 +84,13 @@ class ComparisonResult:
     polygraphy_note: str | None = None
     # Both runs, for goldens and --save-outputs; never serialised into reports.
     run_results: Any = None
+    # The model file's sha256, computed when a report or golden first asks for it (hashing a
+    # large model costs about as much as loading it): see `model_sha256`.
+    model_hash: Callable[[], str] | None = field(default=None, repr=False)
+
+    @property
+    def model_sha256(self) -> str | None:
+        return self.model_hash() if self.model_hash is not None else None
 
     @property
     def verdict(self) -> str:
@@ -195,6 +202,17 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     model = load_model(request.model, check=False)
     with _checked_meanwhile(model.path):
         return _compare_loaded(request, model, reference_cache)
+
+
+def _hash_later(model: LoadedModel) -> Callable[[], str]:
+    """The model's sha256 as a call: the value if known, else its file's hash on first call.
+
+    Only the path is kept, not the model, so a result does not hold the weights in memory.
+    """
+    known = model.__dict__.get("sha256")  # `LoadedModel.sha256` computed meanwhile
+    if known is not None:
+        return lambda: known
+    return functools.cache(functools.partial(sha256_of, model.path))
 
 
 @contextlib.contextmanager
@@ -318,7 +336,8 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                               tolerances, options, request.passes)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
-        model_path=str(model.path), model_sha256=model.sha256, reference=reference, target=target,
+        model_path=str(model.path), model_hash=_hash_later(model), reference=reference,
+        target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
         trtcheck_command=repeat, passes=passes, run_results=run_results,

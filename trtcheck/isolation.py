@@ -94,11 +94,13 @@ _MEANWHILE: contextvars.ContextVar[tuple[Callable[[], object], ...]] = contextva
 
 @contextlib.contextmanager
 def meanwhile(*work: Callable[[], object]) -> Iterator[None]:
-    """Runs `work` in this process while the next backend child runs, each callable once.
+    """Work for this process to do ahead of time while a backend child runs, in order.
 
-    The parent only waits for a child, so what it needs afterwards (the report's imports) costs
-    no wall time when done then, on another core. Errors in `work` are ignored: it is only done
-    ahead of time, and fails again where it is needed.
+    The parent only waits for its child, so what it needs afterwards (the report's imports, the
+    model's checker) costs no wall time when done then, on another core. Each item runs at most
+    once and only while the child is still working: what is left when the child answers is not
+    done here (whoever needs it does it then), so it never delays a result. Errors are ignored:
+    an item fails again where it is needed.
     """
     token = _MEANWHILE.set(_MEANWHILE.get() + work)
     try:
@@ -107,10 +109,12 @@ def meanwhile(*work: Callable[[], object]) -> Iterator[None]:
         _MEANWHILE.reset(token)
 
 
-def _do_meanwhile() -> None:
-    work = _MEANWHILE.get()
-    _MEANWHILE.set(())
-    for item in work:
+def _do_meanwhile(busy: Callable[[], bool]) -> None:
+    """Does the pending `meanwhile` work item by item while `busy()` (the child still works)."""
+    work = list(_MEANWHILE.get())
+    while work and busy():
+        item = work.pop(0)
+        _MEANWHILE.set(tuple(work))
         with contextlib.suppress(Exception):
             item()
 
@@ -133,10 +137,84 @@ def call_each(func: Callable[..., T], arguments: Sequence[tuple], whats: Sequenc
     """
     settings = _SETTINGS.get()
     if not settings.enabled or not fork_available():
-        results = [func(*args) for args in arguments]
-        _do_meanwhile()
-        return results
+        return [func(*args) for args in arguments]
     return _call_in_child(func, tuple(arguments), tuple(whats), settings.timeout)
+
+
+class Started:
+    """A child forked ahead of its arguments: it ran `prepare(*args)` and waits for the rest.
+
+    `send(*rest)` hands it the rest, `result()` waits for its answer (the call's own timeout
+    counts from `send`); `cancel()` stops a child that is not needed after all.
+    """
+
+    def __init__(self, child: Any, connection: Connection, what: str, timeout: float) -> None:
+        self._child, self._connection = child, connection
+        self.what, self._timeout = what, timeout
+        self._sent_at: float | None = None
+        self._ready = False
+
+    def send(self, *args: Any) -> None:
+        """Hands the child the rest of its arguments; `meanwhile` work is done while it prepares.
+
+        Writing the arguments blocks until the child reads them once they outgrow the pipe's
+        buffer, and it reads them only when prepared: the work goes first while it is not.
+        """
+        try:
+            _do_meanwhile(lambda: not self._connection.poll(0))
+            if self._connection.poll(0):
+                self._ready = _receive(self._connection)[0] == "ready"
+            _send(self._connection, ("args", args))
+        except (OSError, EOFError):
+            pass  # a child that died is reported by `result`
+        self._sent_at = time.monotonic()
+
+    def result(self) -> Any:
+        """The child's answer: what `prepare` returned, called on the arguments sent."""
+        assert self._sent_at is not None, "send() first"
+        deadline = self._sent_at + self._timeout
+        try:
+            _do_meanwhile(lambda: not self._connection.poll(0))
+            status, payload = _answer(self._connection, self._child, self.what, deadline,
+                                      self._timeout)
+            if status == "ready" and not self._ready:
+                status, payload = _answer(self._connection, self._child, self.what, deadline,
+                                          self._timeout)
+        except BaseException:
+            self.cancel()
+            raise
+        self._connection.close()
+        if status == "error":
+            raise payload
+        return payload
+
+    def cancel(self) -> None:
+        self._connection.close()
+        if self._child.is_alive():
+            self._child.kill()
+            self._child.join()
+
+
+def start(prepare: Callable[..., Callable[..., Any]], *args: Any, what: str) -> Started | None:
+    """Forks a child now that runs `prepare(*args)`, then waits for the rest of its arguments.
+
+    What `prepare` returns is then called on them (`Started.send`), and its answer comes back as
+    `call`'s does. Work that needs nothing from the parent (ONNX Runtime reading a model file)
+    so runs while the parent still prepares the rest. None where runs are not isolated: the
+    caller runs in-process then.
+    """
+    settings = _SETTINGS.get()
+    if not settings.enabled or not fork_available():
+        return None
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe(duplex=True)
+    child = context.Process(target=_started_main, args=(child_end, prepare, args), daemon=True,
+                            name=f"trtcheck: {what}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        child.start()
+    child_end.close()
+    return Started(child, parent_end, what, settings.timeout)
 
 
 def _signal_name(number: int) -> str:
@@ -163,7 +241,7 @@ def _call_in_child(func: Callable[..., T], arguments: tuple[tuple, ...], whats: 
     answered = False
     results: list[T] = []
     try:
-        _do_meanwhile()
+        _do_meanwhile(lambda: not receiver.poll(0))
         for what in whats:
             status, payload = _answer(receiver, child, what, deadline, timeout)
             # After an error the child sends nothing more and exits by itself.
@@ -237,6 +315,34 @@ def _die_with_parent() -> None:
 
 def _child_main(sender: Connection, func: Callable[..., Any], arguments: tuple[tuple, ...]
                 ) -> None:
+    _child_setup()
+    try:
+        for args in arguments:
+            if not _answer_one(sender, func, args):
+                break
+    finally:
+        _child_exit(sender)
+
+
+def _started_main(connection: Connection, prepare: Callable[..., Callable[..., Any]],
+                  args: tuple) -> None:
+    _child_setup()
+    try:
+        try:
+            then = prepare(*args)
+        except BaseException as err:  # noqa: BLE001 - answered once the arguments arrive
+            failure = err
+
+            def then(*_rest: Any) -> Any:
+                raise failure
+        _send(connection, ("ready", None))
+        _, rest = _receive(connection)
+        _answer_one(connection, then, rest)
+    finally:
+        _child_exit(connection)
+
+
+def _child_setup() -> None:
     # Ctrl-C reaches the whole process group: the parent handles it and stops this child.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -249,17 +355,15 @@ def _child_main(sender: Connection, func: Callable[..., Any], arguments: tuple[t
     # backend's own log (Polygraphy's, with --verbose) must not wait on a lock nobody releases.
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives until _exit
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    try:
-        for args in arguments:
-            if not _answer_one(sender, func, args):
-                break
-    finally:
-        sender.close()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        # No atexit handlers, no flushing of buffers inherited from the parent.
-        os._exit(0)
+
+
+def _child_exit(connection: Connection) -> None:
+    connection.close()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    # No atexit handlers, no flushing of buffers inherited from the parent.
+    os._exit(0)
 
 
 def _answer_one(sender: Connection, func: Callable[..., Any], args: tuple) -> bool:

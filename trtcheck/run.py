@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,8 +88,14 @@ def run_backend(model: LoadedModel, backend: Backend, options: BackendOptions,
 def run_backends(runs: Sequence[BackendRun]) -> list[tuple[str, list[Any]]]:
     """`run_backend` for each of `runs`, in order, in one child process (one fork for all).
 
-    Each run keeps its own timeout and its own name in a crash's message.
+    Each run keeps its own timeout and its own name in a crash's message. Leading runs that a
+    child `started_early` covers run there; the others in a child of their own, after them.
     """
+    started, count = _take_started(runs)
+    if started is not None:
+        started.send(runs[0].iterations)
+        early = started.result()
+        return early + (run_backends(runs[count:]) if runs[count:] else [])
     from trtcheck import isolation
     from trtcheck.backends import prepare_in_parent
 
@@ -121,6 +128,118 @@ def _run_backend_here(model: LoadedModel, backend: Backend, options: BackendOpti
         raise _run_error(backend.name, "failed to run the model", err) from err
     ((runner_name, ran),) = results.items()
     return runner_name, ran
+
+
+# Children started before the model was loaded, by the runs they cover: (the model file, backend,
+# providers, runner name) -> the child and how many leading runs it covers.
+_STARTED: ContextVar[dict[tuple[str, ...], Any] | None] = ContextVar("trtcheck_started",
+                                                                      default=None)
+
+
+# The backend `started_early` runs: fp32 ONNX Runtime, which reads the model file itself.
+EARLY_BACKEND = "onnxrt"
+
+
+@contextlib.contextmanager
+def started_early(path: Path, runner_names: Sequence[str], providers: Sequence[str] = ("cpu",),
+                  verbose: bool = False) -> Iterator[None]:
+    """Starts `EARLY_BACKEND` runs of the model file `path` now, before the model is loaded.
+
+    ONNX Runtime reads the file itself, so a child imports it and builds its sessions while
+    this process imports, loads, validates and feeds the model (0.4 s of BERT-base's start-up);
+    `run_backends` hands that child the feeds when it reaches the runs named here. Nothing heavy
+    is imported before the fork. A child not used by the end of the block is stopped.
+    """
+    from trtcheck import isolation
+
+    started = None
+    if runner_names and Path(path).is_file():
+        what = ", ".join(f"{EARLY_BACKEND} ({name})" for name in runner_names)
+        started = isolation.start(_sessions, str(path), tuple(runner_names), tuple(providers),
+                                  verbose, what=what)
+    if started is None:
+        yield
+        return
+    keys = [_started_key(path, EARLY_BACKEND, providers, n) for n in runner_names]
+    token = _STARTED.set({**(_STARTED.get() or {}), keys[0]: (started, keys)})
+    try:
+        yield
+    finally:
+        _STARTED.reset(token)
+        started.cancel()
+
+
+def _started_key(path: Path, backend: str, providers: Sequence[str], name: str
+                 ) -> tuple[str, ...]:
+    return (str(Path(path).resolve()), backend, ",".join(providers), name)
+
+
+def _take_started(runs: Sequence[BackendRun]) -> tuple[Any, int]:
+    """The child started for the leading runs of `runs`, and how many it covers (once only)."""
+    if not runs or runs[0].mark:
+        return None, 0
+    first, started_runs = runs[0], _STARTED.get() or {}
+    if any(run.backend.name != EARLY_BACKEND for run in runs[:1]):
+        return None, 0
+    entry = started_runs.get(_started_key(first.model.path, first.backend.name,
+                                          first.options.providers, first.name))
+    if entry is None:
+        return None, 0
+    started, keys = entry
+    covered = [_started_key(r.model.path, r.backend.name, r.options.providers, r.name)
+               for r in runs[:len(keys)] if not r.mark]
+    if covered != keys:
+        return None, 0
+    del started_runs[keys[0]]
+    return started, len(keys)
+
+
+@contextlib.contextmanager
+def _stderr_dropped(drop: bool) -> Iterator[None]:
+    """Drops what is written to file descriptor 2 (ONNX Runtime's own C++ log) inside the block.
+
+    A child started early reads a model not yet validated: ONNX Runtime would log a broken
+    model's error before trtcheck reports it in one line (the checker's, or the session's).
+    """
+    if not drop:
+        yield
+        return
+    import os
+
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _sessions(path: str, names: tuple[str, ...], providers: tuple[str, ...], verbose: bool):
+    """In a child started early: builds each run's ONNX Runtime session; returns the run."""
+    from trtcheck.backends import BackendOptions, _onnxrt_runner
+
+    options = BackendOptions(providers=providers)
+    runners = []
+    with quiet_polygraphy(verbose), _stderr_dropped(not verbose):
+        for name in names:
+            try:
+                runners.append(_onnxrt_runner(path, options, name, now=True))
+            except Exception as err:
+                raise _run_error(EARLY_BACKEND, "could not build", err) from err
+
+    def run(iterations: Sequence[Feed]) -> list[tuple[str, list[Any]]]:
+        from polygraphy.comparator import Comparator
+
+        try:
+            with quiet_polygraphy(verbose):
+                results = Comparator.run(runners, data_loader=list(iterations))
+        except Exception as err:
+            raise _run_error(EARLY_BACKEND, "failed to run the model", err) from err
+        return list(results.items())
+
+    return run
 
 
 def run_marked(model: LoadedModel, backend: Backend, options: BackendOptions, feed: Feed,
