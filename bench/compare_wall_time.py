@@ -4,10 +4,10 @@ What it measures: the wall time of whole CLI runs, process start to exit, includ
 interpreter start-up, the imports, loading the model, two ONNX Runtime sessions and the
 comparison. It is the time a user waits for one check, not the time of one inference.
 
-For each model (zoo/demo.onnx; onnx's bundled light_resnet50, opset 9 with input
-[1,3,224,224] float32; and, when the real-model corpus is built in .cache/trtcheck-bench/corpus,
-resnet18_classic (47 MB of weights) and bert_base_classic (438 MB, integer inputs) with the
-shapes and ranges its manifest gives), the bench:
+For each model (zoo/demo.onnx; the committed torchvision export
+zoo/real/mobilenet_v3_tiny_classic.onnx; and, when the real-model corpus is built in
+.cache/trtcheck-bench/corpus, resnet18_classic (47 MB of weights) and bert_base_classic (438 MB,
+integer inputs)), with the input shapes and ranges their manifests give, the bench:
 
 1. records one set of inputs with `trtcheck compare MODEL --save-inputs F.json` (not timed), so
    both tools run on exactly the same arrays;
@@ -52,14 +52,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
-
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "zoo" / "demo.onnx"
-LIGHT_DIR = Path(os.path.dirname(onnx.__file__)) / "backend" / "test" / "data" / "light"
-# light_squeezenet is left out: its output is the same under any input (its weights are left
-# out of the file), and trtcheck refuses a check whose reference carries no signal (exit 3).
-LIGHT_MODELS = ("light_resnet50.onnx",)
+# onnx's bundled light_squeezenet and light_resnet50 (benched before) are left out: their
+# output is the same under any input (their weights are not in the file), and trtcheck refuses
+# a check whose reference carries no signal (exit 3).
+ZOO_REAL = REPO / "zoo" / "real"
+ZOO_MODELS = ("mobilenet_v3_tiny_classic",)
 CORPUS = REPO / ".cache" / "trtcheck-bench" / "corpus"
 CORPUS_MODELS = ("resnet18_classic", "bert_base_classic")
 
@@ -140,19 +139,15 @@ def models() -> list[tuple[str, Path, list[str]]]:
         if proc.returncode != 0 or not DEMO.exists():
             raise BenchError(f"python -m zoo.build failed:\n{proc.stderr.rstrip()}")
     found: list[tuple[str, Path, list[str]]] = [("demo", DEMO, [])]
-    for filename in LIGHT_MODELS:
-        path = LIGHT_DIR / filename
-        if not path.exists():
-            raise BenchError(f"{path} not found: this onnx package does not ship it")
-        found.append((path.stem, path, []))
-    manifest = CORPUS / "manifest.json"
-    if manifest.exists():
+    for folder, names in ((ZOO_REAL, ZOO_MODELS), (CORPUS, CORPUS_MODELS)):
+        manifest = folder / "manifest.json"
+        if not manifest.exists():
+            print(f"{manifest} not found: {', '.join(names)} left out", file=sys.stderr)
+            continue
         entries = {entry["name"]: entry for entry in json.loads(manifest.read_text())}
-        for name in CORPUS_MODELS:
-            if name in entries and (CORPUS / entries[name]["path"]).exists():
-                found.append((name, CORPUS / entries[name]["path"], _input_flags(entries[name])))
-    else:
-        print(f"{manifest} not found: the corpus models are left out", file=sys.stderr)
+        for name in names:
+            if name in entries and (folder / entries[name]["path"]).exists():
+                found.append((name, folder / entries[name]["path"], _input_flags(entries[name])))
     return found
 
 

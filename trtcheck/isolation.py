@@ -154,14 +154,15 @@ class Started:
         self._sent_at: float | None = None
         self._ready = False
 
-    def send(self, *args: Any) -> None:
+    def send(self, *args: Any, meanwhile: bool = True) -> None:
         """Hands the child the rest of its arguments; `meanwhile` work is done while it prepares.
 
         Writing the arguments blocks until the child reads them once they outgrow the pipe's
         buffer, and it reads them only when prepared: the work goes first while it is not.
         """
         try:
-            _do_meanwhile(lambda: not self._connection.poll(0))
+            if meanwhile:
+                _do_meanwhile(lambda: not self._connection.poll(0))
             if self._connection.poll(0):
                 self._ready = _receive(self._connection)[0] == "ready"
             _send(self._connection, ("args", args))
@@ -169,12 +170,13 @@ class Started:
             pass  # a child that died is reported by `result`
         self._sent_at = time.monotonic()
 
-    def result(self) -> Any:
+    def result(self, meanwhile: bool = True) -> Any:
         """The child's answer: what `prepare` returned, called on the arguments sent."""
         assert self._sent_at is not None, "send() first"
         deadline = self._sent_at + self._timeout
         try:
-            _do_meanwhile(lambda: not self._connection.poll(0))
+            if meanwhile:
+                _do_meanwhile(lambda: not self._connection.poll(0))
             status, payload = _answer(self._connection, self._child, self.what, deadline,
                                       self._timeout)
             if status == "ready" and not self._ready:

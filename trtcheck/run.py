@@ -89,14 +89,34 @@ def run_backends(runs: Sequence[BackendRun]) -> list[tuple[str, list[Any]]]:
     """`run_backend` for each of `runs`, in order, in one child process (one fork for all).
 
     Each run keeps its own timeout and its own name in a crash's message. Leading runs that a
-    child `started_early` covers run there; the others in a child of their own, after them.
+    child `started_early` covers run there while this process prepares the others (an emulated
+    model, say), which then run in a child of their own once that one has answered.
     """
-    started, count = _take_started(runs)
-    if started is not None:
-        started.send(runs[0].iterations)
-        early = started.result()
-        return early + (run_backends(runs[count:]) if runs[count:] else [])
     from trtcheck import isolation
+
+    started, count = _take_started(runs)
+    rest = runs[count:]
+    if started is not None:
+        # `meanwhile` work waits for the last child, the longer wait when there are others.
+        started.send(runs[0].iterations, meanwhile=not rest)
+        if not rest:
+            return started.result()
+        try:
+            arguments = _prepared(rest)
+        except BaseException:
+            started.cancel()
+            raise
+        early = started.result(meanwhile=False)
+    else:
+        arguments, early = _prepared(rest), []
+    if not rest:
+        return early
+    return early + isolation.call_each(_run_backend_here, arguments,
+                                       [f"{run.backend.name} ({run.name})" for run in rest])
+
+
+def _prepared(runs: Sequence[BackendRun]) -> list[tuple]:
+    """`_run_backend_here`'s arguments for each run, with its session's model built here."""
     from trtcheck.backends import prepare_in_parent
 
     arguments = []
@@ -107,8 +127,7 @@ def run_backends(runs: Sequence[BackendRun]) -> list[tuple[str, list[Any]]]:
             raise _run_error(run.backend.name, "could not build", err) from err
         arguments.append((run.model, run.backend, run.options, run.iterations, run.name,
                           run.mark, source))
-    return isolation.call_each(_run_backend_here, arguments,
-                               [f"{run.backend.name} ({run.name})" for run in runs])
+    return arguments
 
 
 def _run_backend_here(model: LoadedModel, backend: Backend, options: BackendOptions,
