@@ -216,3 +216,17 @@ def test_cli_refuses_lossy_ids_and_feeds_lossless_ones_unchanged(save_model, trt
     results = RunResults.load(str(tmp_path / "out.json"))
     for _, iterations in results.items():
         np.testing.assert_array_equal(iterations[0]["ids_out"], ids.astype(np.int32))
+
+
+def test_paddle_question_mark_dims_are_independent(save_model):
+    """Paddle exports write '?' for every unknown dim ([-1, 3, ?, ?]): not one shared size."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, "?", "?"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                                                [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 13)])
+    loaded = load_model(save_model(model))
+    feeds = make_feeds(loaded, InputSettings(shapes={"x": (1, 3, 48, 192)}))
+    assert feeds.iterations[0]["x"].shape == (1, 3, 48, 192)
+    with pytest.raises(InputDataError, match="--input-shapes x:"):
+        make_feeds(loaded, InputSettings())

@@ -176,6 +176,15 @@ _SUGGESTED_BATCH = 1
 _SUGGESTED_DIM = 128
 
 
+def _shared_symbol(dim: object) -> bool:
+    """Whether a symbolic dimension names a size that inputs share.
+
+    Paddle's exporter writes '?' for every unknown dimension, two in one input ([-1, 3, ?, ?]
+    for height and width): that is no name, and the dims it marks are independent.
+    """
+    return isinstance(dim, str) and dim not in ("", "?")
+
+
 def resolve_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]]
                    ) -> dict[str, tuple[int, ...]]:
     """A static shape for every input: declared, given, or fixed by a shared symbolic dimension.
@@ -191,7 +200,7 @@ def resolve_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]]
             continue
         _check_fits(info, shape)
         for declared, size in zip(info.shape, shape, strict=True):
-            if not isinstance(declared, str) or not declared:
+            if not _shared_symbol(declared):
                 continue
             earlier = bound.setdefault(declared, (size, info.name))
             if earlier[0] != size:
@@ -208,7 +217,7 @@ def resolve_shapes(model: LoadedModel, given: dict[str, tuple[int, ...]]
             shapes[info.name] = given[info.name]
             continue
         dims = [d if isinstance(d, int) and d >= 0 else
-                bound[d][0] if isinstance(d, str) and d in bound else None for d in info.shape]
+                bound[d][0] if _shared_symbol(d) and d in bound else None for d in info.shape]
         if any(d is None for d in dims):
             missing.append(info)
         else:
@@ -225,10 +234,10 @@ def _missing_shapes_message(model: LoadedModel, known: dict[str, tuple[int, ...]
     def pick(dim, position: int) -> int:
         if isinstance(dim, int) and dim >= 0:
             return dim
-        if isinstance(dim, str) and dim in bound:
+        if _shared_symbol(dim) and dim in bound:
             return bound[dim][0]
         size = _SUGGESTED_BATCH if position == 0 else _SUGGESTED_DIM
-        return suggested.setdefault(dim, size) if isinstance(dim, str) and dim else size
+        return suggested.setdefault(dim, size) if _shared_symbol(dim) else size
 
     declared = ", ".join(
         f"'{info.name}' [{', '.join(str(d) if d not in (None, '') else '?' for d in info.shape)}]"
