@@ -221,6 +221,19 @@ def test_cli_detections_and_json_schema(trtcheck_cli, tmp_path):
     assert any("constant" in w for w in scores["warnings"])
     page = (tmp_path / "r.html").read_text()
     assert "matched" in page and "constant" in page
+    # The printed command repeats the comparison, detections and agreement rate included.
+    import shlex
+
+    agreement = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--detections",
+                             "boxes=boxes,scores=scores,iou=0.9", "--min-agreement",
+                             "labels:0.5", "--json", "a.json")
+    first = read_json(tmp_path / "a.json")
+    argv = shlex.split(first["trtcheck_command"])
+    assert "--detections" in argv and "--min-agreement" in argv
+    again = trtcheck_cli(*argv[1:], "--json", "b.json")
+    assert again.code == agreement.code, again.stderr
+    second = read_json(tmp_path / "b.json")
+    assert second["config"] == first["config"] and second["outputs"] == first["outputs"]
     bad = trtcheck_cli("compare", model, "--target", "onnxrt-fp16", "--detections",
                        "boxes=bboxes,scores=scores")
     assert bad.code == 2 and "no output 'bboxes'" in bad.stderr

@@ -333,7 +333,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         load_inputs=load_inputs, target_model_path=str(target_model.path))
     note = polygraphy_note(str(model.path), target, options, trt_major, str(target_model.path))
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
-                              tolerances, options, request.passes)
+                              tolerances, options, request.passes, request.detections)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
         model_path=str(model.path), model_hash=_hash_later(model), reference=reference,

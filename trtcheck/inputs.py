@@ -16,6 +16,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 
@@ -176,7 +177,7 @@ _SUGGESTED_BATCH = 1
 _SUGGESTED_DIM = 128
 
 
-def _shared_symbol(dim: object) -> bool:
+def _shared_symbol(dim: object) -> TypeGuard[str]:
     """Whether a symbolic dimension names a size that inputs share.
 
     Paddle's exporter writes '?' for every unknown dimension, two in one input ([-1, 3, ?, ?]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trtcheck.backends import Backend, BackendOptions, converted_model_path, polygraphy_flags
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings
 from trtcheck.precision import PrecisionPlan
 from trtcheck.tolerance import Tolerances
+
+if TYPE_CHECKING:
+    from trtcheck.detections import DetectionSpec
 
 
 def _shape(shape: Iterable[int]) -> str:
@@ -82,7 +85,8 @@ def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable
 
 def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
                      settings: InputSettings, tolerances: Tolerances,
-                     options: BackendOptions, passes: tuple[str, ...] = ()) -> str:
+                     options: BackendOptions, passes: tuple[str, ...] = (),
+                     detections: Sequence[DetectionSpec] = ()) -> str:
     """The `trtcheck compare` command that repeats this comparison, settings spelled out."""
     args = ["trtcheck", "compare", model_path, "--reference", reference.name, "--target",
             target.name]
@@ -92,6 +96,15 @@ def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds
         args += _synthetic_input_flags(feeds, settings, lambda shape: "x".join(map(str, shape)),
                                        every_range=False)
     args += _tolerance_flags(tolerances, for_polygraphy=False)
+    # trtcheck's own checks, which Polygraphy has no flag for.
+    agreement = tolerances.default.min_agreement
+    args += _per_output("--min-agreement",
+                        {name: _number(o["min_agreement"])
+                         for name, o in tolerances.per_output.items()
+                         if o.get("min_agreement") is not None},
+                        _number(agreement) if agreement is not None else None)
+    for spec in detections:
+        args += ["--detections", spec.describe()]
     if tuple(options.providers) != ("cpu",):
         args += ["--providers", *options.providers]
     if options.tf32:
