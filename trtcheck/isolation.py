@@ -208,15 +208,26 @@ def start(prepare: Callable[..., Callable[..., Any]], *args: Any, what: str) -> 
     settings = _SETTINGS.get()
     if not settings.enabled or not fork_available():
         return None
+    parent_end, child = _fork(_started_main, (prepare, args), what, duplex=True)
+    return Started(child, parent_end, what, settings.timeout)
+
+
+def _fork(main: Callable[..., None], args: tuple, name: str,
+          duplex: bool = False) -> tuple[Connection, Any]:
+    """Forks a child running `main(connection, *args)`; returns this side's end and the child."""
     context = multiprocessing.get_context("fork")
-    parent_end, child_end = context.Pipe(duplex=True)
-    child = context.Process(target=_started_main, args=(child_end, prepare, args), daemon=True,
-                            name=f"trtcheck: {what}")
+    parent_end, child_end = context.Pipe(duplex=duplex)
+    # A one-way pipe returns (reader, writer): the parent reads, the child writes.
+    child = context.Process(target=main, args=(child_end, *args), daemon=True,
+                            name=f"trtcheck: {name}")
     with warnings.catch_warnings():
+        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child; the
+        # child here only runs the backend and writes to its pipe, never a lock another thread
+        # may hold (the progress spinner's console).
         warnings.simplefilter("ignore", DeprecationWarning)
         child.start()
     child_end.close()
-    return Started(child, parent_end, what, settings.timeout)
+    return parent_end, child
 
 
 def _signal_name(number: int) -> str:
@@ -228,17 +239,7 @@ def _signal_name(number: int) -> str:
 
 def _call_in_child(func: Callable[..., T], arguments: tuple[tuple, ...], whats: tuple[str, ...],
                    timeout: float) -> list[T]:
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(sender, func, arguments), daemon=True,
-                            name=f"trtcheck: {', '.join(whats)}")
-    with warnings.catch_warnings():
-        # Python 3.12+ warns that forking a multi-threaded process may deadlock the child; the
-        # child here only runs the backend and writes to its pipe, never a lock another thread
-        # may hold (the progress spinner's console).
-        warnings.simplefilter("ignore", DeprecationWarning)
-        child.start()
-    sender.close()
+    receiver, child = _fork(_child_main, (func, arguments), ", ".join(whats))
     deadline = time.monotonic() + timeout
     answered = False
     results: list[T] = []
