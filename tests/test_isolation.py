@@ -289,8 +289,10 @@ def _original_infer():
 _ORIGINAL_INFER = _original_infer()
 
 
-def test_one_child_runs_both_and_a_crash_names_the_run_that_crashed(demo, planted, monkeypatch):
-    calls = []
+@pytest.fixture
+def child_calls(monkeypatch) -> list:
+    """The `whats` of every forked child, in order (the real children still run)."""
+    calls: list = []
     real = isolation._call_in_child
 
     def counted(func, arguments, whats, timeout):
@@ -298,6 +300,11 @@ def test_one_child_runs_both_and_a_crash_names_the_run_that_crashed(demo, plante
         return real(func, arguments, whats, timeout)
 
     monkeypatch.setattr(isolation, "_call_in_child", counted)
+    return calls
+
+
+def test_one_child_runs_both_and_a_crash_names_the_run_that_crashed(demo, planted, child_calls):
+    calls = child_calls
     result = compare_model(CompareRequest(model=demo, target="onnxrt-fp16"))
     assert [diff.name for diff in result.outputs] == ["scores", "energy"]
     assert calls == [("onnxrt (reference:onnxrt)", "onnxrt-fp16 (target:onnxrt-fp16)")]
@@ -357,17 +364,10 @@ def test_meanwhile_work_left_when_the_child_answers_is_not_done():
     assert seen == [] and time.monotonic() - started < 1.9
 
 
-def test_a_kept_reference_run_is_reused_by_the_next_target(demo, monkeypatch):
+def test_a_kept_reference_run_is_reused_by_the_next_target(demo, child_calls):
     from trtcheck.run import ReferenceCache
 
-    calls = []
-    real = isolation._call_in_child
-
-    def counted(func, arguments, whats, timeout):
-        calls.append(whats)
-        return real(func, arguments, whats, timeout)
-
-    monkeypatch.setattr(isolation, "_call_in_child", counted)
+    calls = child_calls
     cache = ReferenceCache()
     first = compare_model(CompareRequest(model=demo, target="onnxrt-fp16"), reference_cache=cache)
     second = compare_model(CompareRequest(model=demo, target="onnxrt-bf16"), reference_cache=cache)
