@@ -79,10 +79,6 @@ def isolation(enabled: bool | None = None, timeout: float | None = None) -> Iter
         _SETTINGS.reset(token)
 
 
-def current() -> Isolation:
-    return _SETTINGS.get()
-
-
 def fork_available() -> bool:
     return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
 
