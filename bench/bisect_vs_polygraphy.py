@@ -229,7 +229,8 @@ def temp_dirs_in(folder: Path) -> Iterator[None]:
 
 
 def trtcheck_localize(path: Path, feed: dict[str, np.ndarray], mode: str):
-    from trtcheck.backends import BackendOptions, get_backend
+    from trtcheck.backend_names import get_backend
+    from trtcheck.backends import BackendOptions
     from trtcheck.debug.localize import localize, make_probe
     from trtcheck.model import load_model
     from trtcheck.run import quiet_polygraphy, run_marked

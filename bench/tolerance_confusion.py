@@ -79,7 +79,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trtcheck.atomic import save_onnx, write_npz  # noqa: E402
-from trtcheck.backends import BackendOptions, get_backend  # noqa: E402
+from trtcheck.backend_names import get_backend  # noqa: E402
+from trtcheck.backends import BackendOptions  # noqa: E402
 from trtcheck.inputs import InputSettings, make_feeds  # noqa: E402
 from trtcheck.model import LoadedModel, load_model  # noqa: E402
 

@@ -21,12 +21,12 @@ import pytest
 from polygraphy.backend.trt import NetworkFromOnnxPath, PostprocessNetwork, Profile
 from polygraphy.exception import PolygraphyException
 
+from trtcheck.backend_names import get_backend
 from trtcheck.backends import (
     BackendOptions,
     ConvertedOnnxPath,
     KeepLayersInFp32,
     default_target,
-    get_backend,
     make_runner,
     polygraphy_flags,
     tensorrt_usable,

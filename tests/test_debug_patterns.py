@@ -10,7 +10,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import read_json
-from trtcheck.backends import BackendOptions, get_backend
+from trtcheck.backend_names import get_backend
+from trtcheck.backends import BackendOptions
 from trtcheck.compare import compare_runs, tensor_verdict
 from trtcheck.core import CompareRequest, compare_model
 from trtcheck.debug.localize import localize, localize_comparison, make_probe

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from trtcheck import isolation
-from trtcheck.backends import BackendOptions, get_backend
+from trtcheck.backend_names import get_backend
+from trtcheck.backends import BackendOptions
 from trtcheck.core import CompareRequest, compare_model
 from trtcheck.errors import BackendRunError, InputDataError
 from trtcheck.model import load_model

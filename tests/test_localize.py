@@ -15,7 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import read_json
-from trtcheck.backends import BackendOptions, get_backend
+from trtcheck.backend_names import get_backend
+from trtcheck.backends import BackendOptions
 from trtcheck.debug.localize import localize, make_probe
 from trtcheck.model import load_model
 from trtcheck.run import quiet_polygraphy, run_marked

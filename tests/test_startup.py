@@ -7,13 +7,15 @@ tests pin down the causes, which do not depend on the machine's load.
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from trtcheck.backends import BackendOptions, get_backend, onnxrt_session_source
+from trtcheck.backend_names import get_backend
+from trtcheck.backends import BackendOptions, onnxrt_session_source
 from trtcheck.model import load_model
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -152,3 +154,50 @@ def test_a_child_started_early_and_not_needed_is_stopped(monkeypatch, capsys):
     assert code == 2 and "nosuchinput" in capsys.readouterr().err
     assert len(seen["start"]) == 1 and seen["call"] == []
     assert not [child for child in multiprocessing.active_children() if child.is_alive()]
+
+
+def test_a_compare_command_line_is_parsed_without_onnx():
+    # The fp32 ONNX Runtime child forks once the command line is parsed (`run.started_early`):
+    # onnx, imported before that, would be paid for before the child could start.
+    code = ("import sys; from trtcheck.cli import build_parser; "
+            "build_parser().parse_args(['compare', 'm.onnx', '--target', 'onnxrt']); "
+            "print(sorted(m for m in ('onnx', 'onnxruntime', 'polygraphy', 'rich') "
+            "if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"
+
+
+def test_the_early_child_builds_its_sessions_without_onnx():
+    # Started before this process imports onnx, the child needs ONNX Runtime only.
+    code = ("import sys, numpy as np\n"
+            "from trtcheck import isolation\n"
+            "from trtcheck.run import _sessions\n"
+            "def prepare(*args):\n"
+            "    run = _sessions(*args)\n"
+            "    return lambda feeds: (len(run(feeds)), 'onnx' in sys.modules)\n"
+            f"started = isolation.start(prepare, {str(ZOO / 'demo.onnx')!r}, ('a', 'b'), "
+            "('cpu',), False, what='early')\n"
+            "started.send([{'image': np.zeros((1, 3, 32, 32), np.float32)}])\n"
+            "print(started.result())")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "(2, False)"
+
+
+def test_the_cli_exits_without_teardown_yet_flushes_and_cleans_up(tmp_path):
+    import tempfile
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trtcheck", "compare", str(ZOO / "demo.onnx"), "--target",
+         "onnxrt-fp16", "--json", "r.json"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode in (0, 1), stderr
+    # The report is read when it is written, which imports ONNX Runtime for its version.
+    assert json.loads((tmp_path / "r.json").read_text())["versions"]["onnxruntime"]
+    assert "Same check with TensorRT" in stdout  # the last lines printed reached the pipe
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert set(Path(tempfile.gettempdir()).glob(f"trtcheck-work-{process.pid}-*")) == set()

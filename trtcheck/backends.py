@@ -21,54 +21,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import onnx
-
+from trtcheck.backend_names import Backend
 from trtcheck.distribution import install_command
-from trtcheck.errors import BackendUnavailableError, UsageError
-from trtcheck.model import LoadedModel
-from trtcheck.precision import PrecisionPlan, convert, emulate
+from trtcheck.errors import BackendUnavailableError
+
+if TYPE_CHECKING:
+    # onnx is not imported by this module: a child that only builds ONNX Runtime sessions from
+    # a model file (`run.started_early`) never needs it.
+    import onnx
+
+    from trtcheck.model import LoadedModel
+    from trtcheck.precision import PrecisionPlan
 
 TRT_INSTALL_HINT = (
     f"install it on a machine with an NVIDIA GPU with `{install_command('trt')}`, "
     "or pick an emulated target such as --target onnxrt-fp16"
 )
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A backend name split into its family (`onnxrt` or `trt`) and precision."""
-
-    name: str
-    family: str
-    precision: str
-
-    @property
-    def emulated(self) -> bool:
-        return self.family == "onnxrt" and self.precision != "fp32"
-
-
-BACKENDS: dict[str, Backend] = {
-    b.name: b
-    for b in (
-        Backend("onnxrt", "onnxrt", "fp32"),
-        Backend("onnxrt-fp16", "onnxrt", "fp16"),
-        Backend("onnxrt-bf16", "onnxrt", "bf16"),
-        Backend("trt", "trt", "fp32"),
-        Backend("trt-fp16", "trt", "fp16"),
-        Backend("trt-bf16", "trt", "bf16"),
-    )
-}
-
-
-def get_backend(name: str) -> Backend:
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}"
-        ) from None
 
 
 @dataclass(frozen=True)
@@ -144,6 +114,8 @@ def reusing_emulated_models() -> Iterator[None]:
 
 
 def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
+    from trtcheck.precision import emulate
+
     cache = _EMULATED.get()
     if cache is None:
         return emulate(model.proto, plan)
@@ -205,6 +177,8 @@ def onnxrt_session_source(model: LoadedModel, backend: Backend, options: Backend
     memory. An emulated or marked model over 2 GB cannot be serialised: it is saved with its
     weights beside it in the work folder, and the session loads that path.
     """
+    from trtcheck.precision import PrecisionPlan
+
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.emulated or mark:
         from trtcheck.atomic import session_source, session_work_folder
@@ -244,6 +218,7 @@ class ConvertedOnnxPath:
 
     def __call__(self) -> str:
         from trtcheck.atomic import save_onnx
+        from trtcheck.precision import convert
 
         save_onnx(convert(self.model.proto, self.plan), self.destination)
         return str(self.destination)
@@ -371,6 +346,8 @@ def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, n
     `mark` names intermediate tensors to return as outputs besides the model's own; `source`
     is the ONNX Runtime session's model when `prepare_in_parent` built it already.
     """
+    from trtcheck.precision import PrecisionPlan
+
     plan = PrecisionPlan(backend.precision, options.keep_fp32)
     if backend.family == "onnxrt":
         if source is None:

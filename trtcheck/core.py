@@ -14,12 +14,11 @@ import numpy as np
 
 from trtcheck import golden, isolation
 from trtcheck.atomic import prepare_work_folder, session_work_folder, write_atomically
+from trtcheck.backend_names import Backend, get_backend
 from trtcheck.backends import (
-    Backend,
     BackendOptions,
     ConvertedOnnxPath,
     converted_model_path,
-    get_backend,
     tensorrt_version,
 )
 from trtcheck.compare import OutputDiff, compare_runs
@@ -70,7 +69,6 @@ class ComparisonResult:
     feeds: Feeds
     options: BackendOptions
     outputs: list[OutputDiff]
-    versions: dict[str, str | None]
     timings: dict[str, float]
     polygraphy_command: str
     trtcheck_command: str
@@ -87,6 +85,15 @@ class ComparisonResult:
     # The model file's sha256, computed when a report or golden first asks for it (hashing a
     # large model costs about as much as loading it): see `model_sha256`.
     model_hash: Callable[[], str] | None = field(default=None, repr=False)
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        """The libraries' versions, read when a report or golden first asks.
+
+        ONNX Runtime runs in a child process: importing it here only for its version would cost
+        a small model's check a tenth of its time.
+        """
+        return library_versions()
 
     @property
     def model_sha256(self) -> str | None:
@@ -125,7 +132,12 @@ class ComparisonResult:
 
 
 def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries a result depends on (modules already imported by then)."""
+    """Versions of the libraries a result depends on."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str | None]:
     import numpy
     import onnx
     import onnx_graphsurgeon
@@ -306,7 +318,6 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
 
         write_atomically(request.save_inputs,
                           lambda path: save_json(feeds.iterations, path, "inputs"))
-    versions = library_versions()
     if target.emulated and (trt_major or 10) >= 11:
         # The printed TensorRT 11 command builds the converted model (of the model the target
         # ran); an emulated run has not written it, so write it now for the GPU machine.
@@ -339,7 +350,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         model_path=str(model.path), model_hash=_hash_later(model), reference=reference,
         target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
-        outputs=outputs, versions=versions, timings=timings, polygraphy_command=command,
+        outputs=outputs, timings=timings, polygraphy_command=command,
         trtcheck_command=repeat, passes=passes, run_results=run_results,
         tensorrt_support=support, tensorrt_support_error=support_error, polygraphy_note=note,
     )

@@ -8,7 +8,6 @@ cheap and work when onnx or ONNX Runtime are broken.
 
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import platform
 from pathlib import Path
@@ -35,12 +34,14 @@ def install_command(*extras: str) -> str:
 
 
 def _library_version(module: str, distributions: tuple[str, ...]) -> str:
+    from importlib import metadata  # 10 ms to import: for `--version` only
+
     if importlib.util.find_spec(module) is None:
         return "not installed"
     for name in distributions:
         try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
             continue
     return "installed (version unknown)"
 

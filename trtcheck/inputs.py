@@ -16,12 +16,14 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeGuard
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 
 from trtcheck.errors import InputDataError, UsageError
-from trtcheck.model import InputInfo, LoadedModel
+
+if TYPE_CHECKING:  # onnx is imported when a model is loaded, not when a command line is parsed
+    from trtcheck.model import InputInfo, LoadedModel
 
 Feed = dict[str, np.ndarray]
 ValueRange = tuple[float, float]

@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtcheck.backends import Backend, BackendOptions, converted_model_path, polygraphy_flags
+from trtcheck.backend_names import Backend
+from trtcheck.backends import BackendOptions, converted_model_path, polygraphy_flags
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings
 from trtcheck.precision import PrecisionPlan
 from trtcheck.tolerance import Tolerances

@@ -28,7 +28,8 @@ from trtcheck.progress import step
 if TYPE_CHECKING:
     import onnx
 
-    from trtcheck.backends import Backend, BackendOptions
+    from trtcheck.backend_names import Backend
+    from trtcheck.backends import BackendOptions
     from trtcheck.inputs import Feeds
     from trtcheck.model import LoadedModel
 
@@ -240,13 +241,18 @@ def _sessions(path: str, names: tuple[str, ...], providers: tuple[str, ...], ver
     from trtcheck.backends import BackendOptions, _onnxrt_runner
 
     options = BackendOptions(providers=providers)
-    runners = []
+
+    def build(name: str) -> Any:
+        try:
+            return _onnxrt_runner(path, options, name, now=True)
+        except Exception as err:
+            raise _run_error(EARLY_BACKEND, "could not build", err) from err
+
+    # One after the other: in threads (ONNX Runtime releases the GIL) they compete for the
+    # cores with this process's parent, which loads and checks the model meanwhile, and were no
+    # faster on BERT-base with 2 cores.
     with quiet_polygraphy(verbose), _stderr_dropped(not verbose):
-        for name in names:
-            try:
-                runners.append(_onnxrt_runner(path, options, name, now=True))
-            except Exception as err:
-                raise _run_error(EARLY_BACKEND, "could not build", err) from err
+        runners = [build(name) for name in names]
 
     def run(iterations: Sequence[Feed]) -> list[tuple[str, list[Any]]]:
         from polygraphy.comparator import Comparator

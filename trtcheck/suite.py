@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtcheck.backends import BACKENDS
+from trtcheck.backend_names import BACKENDS
 from trtcheck.errors import TrtcheckError
 from trtcheck.inputs import (
     DEFAULT_SEED,

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trtcheck.backends import Backend, BackendOptions, get_backend, reusing_emulated_models
+from trtcheck.backend_names import Backend, get_backend
+from trtcheck.backends import BackendOptions, reusing_emulated_models
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
 from trtcheck.debug.local_check import LocalCheck, check_alone
 from trtcheck.debug.origin import Found, find_origin

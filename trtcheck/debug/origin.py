@@ -17,7 +17,7 @@ from trtcheck.debug.probes import (
 from trtcheck.debug.search import exact_origin, search_origin
 
 if TYPE_CHECKING:
-    from trtcheck.backends import Backend
+    from trtcheck.backend_names import Backend
 
 
 @dataclass

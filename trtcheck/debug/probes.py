@@ -40,7 +40,8 @@ from trtcheck.run import Activations, Feed, run_marked
 from trtcheck.tolerance import Tolerance
 
 if TYPE_CHECKING:
-    from trtcheck.backends import Backend, BackendOptions
+    from trtcheck.backend_names import Backend
+    from trtcheck.backends import BackendOptions
     from trtcheck.model import LoadedModel
 
 # Arrays held at once during a batch: the reference's and the target's (ONNX Runtime hands its
@@ -411,7 +412,7 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
 
 def _confirm_masks(probe: Probe, result: BatchedRun, softmax: dict[str, str]) -> None:
     """Runs each audited precision emulated, with the candidate Softmax outputs marked."""
-    from trtcheck.backends import get_backend
+    from trtcheck.backend_names import get_backend
 
     for precision in sorted({p for _, p in result.mask_candidates}):
         candidates = {x: masked for (x, p), masked in result.mask_candidates.items()
