@@ -69,6 +69,30 @@ def cnn(seed: int = 0, batch: int | str = 1) -> onnx.ModelProto:
     return _model(nodes, [_image_input(batch)], [out], inits, "cnn")
 
 
+def channel_outlier_cnn(seed: int = 0, factor: float = 1000.0) -> onnx.ModelProto:
+    """`cnn` with one channel of trunk/conv1's output `factor` x the others, undone by conv2.
+
+    Channel 0 of conv1 (weights and bias) is scaled by `factor` and conv2's weights that read it
+    by 1 / `factor`: ReLU commutes with a positive scale, so fp32 computes the same logits as
+    `cnn(seed)`. A per-tensor int8 scale on trunk/r1 is set by that channel, and the other
+    seven round to zero: int8 collapses where fp32 is fine (the INT8 fix's planted fault).
+    """
+    model = cnn(seed)
+    weights = {init.name: init for init in model.graph.initializer}
+
+    def rescale(name: str, index: tuple, by: float) -> None:
+        array = numpy_helper.to_array(weights[name]).copy()
+        array[index] *= by
+        weights[name].CopyFrom(_init(name, array))
+
+    rescale("trunk.w1", (0,), factor)
+    rescale("trunk.b1", (0,), factor)
+    rescale("trunk.w2", (slice(None), 0), 1.0 / factor)
+    model.graph.name = "channel_outlier_cnn"
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def _energy_head(features: str, scale: float):
     """Scales features by `scale`, sums their squares and takes the square root.
 
