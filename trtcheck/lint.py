@@ -230,6 +230,9 @@ def lint_model(model: LoadedModel, trt_major: int = 10, with_parser: bool = True
     findings += _tensor_findings(graph)
     for node in graph.nodes:
         findings += _node_findings(node, graph, table, opset, version)
+    from trtcheck.quant.qdq_lint import qdq_findings
+
+    findings += qdq_findings(graph, opset, trt_major)
     result = LintResult(str(model.path), trt_major, version, (low, high), table["source"],
                         findings)
     if with_parser:
