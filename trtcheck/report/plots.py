@@ -121,3 +121,38 @@ def bisect_trace(trace: list[dict[str, Any]], culprit_index: int, output: str) -
     axes.set_title(f"bisection of {output}: error along the path", fontsize=9)
     axes.legend(fontsize=7)
     return _svg(plt, figure)
+
+
+def layerwise_sqnr(layers: list[dict[str, Any]], name: str, poor_db: float = 20.0) -> str:
+    """Each quantized layer's SQNR, accumulated and isolated, along graph order.
+
+    `layers` are `layer_errors_to_dict` rows in any order (their `order` places them); the
+    worst isolated layer is marked in red, and infinite SQNR (an exact layer) is drawn on a line
+    above the others.
+    """
+    plt, figure, axes = _figure()
+    rows = sorted(layers, key=lambda row: row["order"])
+    xs = [row["order"] for row in rows]
+    series = {key: [_number(row[key]) for row in rows]
+              for key in ("sqnr_db_accumulated", "sqnr_db_isolated")}
+    finite = [v for values in series.values() for v in values if math.isfinite(v)]
+    top = max([*finite, poor_db]) + 5
+    bottom = min([*finite, poor_db]) - 5
+    for key, label, color in (("sqnr_db_isolated", "isolated", "#48c"),
+                              ("sqnr_db_accumulated", "accumulated", "#d80")):
+        ys = [min(max(v, bottom), top) if not math.isnan(v) else math.nan for v in series[key]]
+        axes.plot(xs, ys, marker="o", markersize=3, linewidth=1, color=color, label=label)
+    isolated = [(v, x) for v, x in zip(series["sqnr_db_isolated"], xs, strict=True)
+                if not math.isnan(v)]
+    if isolated:
+        worst, at = min(isolated)
+        axes.scatter([at], [max(worst, bottom)], color="#d44", s=36, zorder=3,
+                     label="worst isolated")
+    axes.axhline(poor_db, color="#d44", linewidth=1, linestyle="--", label=f"{poor_db:g} dB")
+    if len(rows) <= 16:
+        axes.set_xticks(xs, [row["node"] for row in rows], fontsize=6, rotation=45, ha="right")
+    axes.set_xlabel("layer (graph order)", fontsize=8)
+    axes.set_ylabel("SQNR (dB)", fontsize=8)
+    axes.set_title(f"{name}: quantization error per layer", fontsize=9)
+    axes.legend(fontsize=7)
+    return _svg(plt, figure)
