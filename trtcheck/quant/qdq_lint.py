@@ -6,8 +6,9 @@ model; warnings: it builds, but not as the model intends):
 1. A zero point that is not all zeros, or one computed at runtime: error (TensorRT quantizes
    symmetrically only).
 2. A quantized type TensorRT does not take: error. The types are the DequantizeLinear row of
-   the release's operator table (INT8, FP8 = FLOAT8E4M3FN, INT4, FP4); UINT8 is rejected by the
-   importer; INT4 is for weights only and needs an even last dimension. A QuantizeLinear without
+   the release's operator table (INT8, FP8 = FLOAT8E4M3FN, INT4, FP4); the importer rejects
+   UINT8 (reported here on a Q; lint's table check reports it on a DQ); INT4 is for weights only
+   and needs an even last dimension. A QuantizeLinear without
    a zero point quantizes to uint8 in ONNX (and ONNX Runtime) but to int8 in TensorRT: warning.
 3. An int32 DequantizeLinear (ONNX Runtime's quantized Conv/Gemm bias): error; TensorRT's
    Dequantize takes quantized types only and adds the bias in float itself.
@@ -69,6 +70,9 @@ _QUANTIZED_OPS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool",
     "GlobalMaxPool", "Add", "Relu", "Clip", "Reshape", "Flatten", "Transpose", "Squeeze",
     "Unsqueeze", "Slice", "Concat", "Identity"})
+# Ops that move quantized values without computing on them; a DQ may read their output.
+_DATA_MOVEMENT = frozenset({"Gather", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze",
+                            "Slice", "Identity"})
 # Scales a quantizer writes when it has no range to go by.
 _DEFAULT_SCALES = {"1": 1.0, "1/127": 1 / 127, "1/128": 1 / 128, "1/255": 1 / 255,
                    "1/256": 1 / 256}
@@ -112,9 +116,10 @@ def qdq_findings(graph: gs.Graph, opset: int, trt_major: int) -> list[Finding]:
 
 
 def _qdq_node_findings(node: gs.Node, scope: _Scope) -> list[Finding]:
-    type_findings = _type_findings(node, scope)
-    findings = type_findings + _scale_findings(node) + _axis_findings(node, scope)
-    if not type_findings:  # a uint8 zero point of 128 is the type's problem, not another one
+    findings = _type_findings(node, scope) + _scale_findings(node) + _axis_findings(node, scope)
+    quantized = _quantized_type(node)
+    # A uint8 zero point of 128 is the type's problem (reported on the Q), not another one.
+    if quantized is None or _TABLE_TYPE.get(quantized) in scope.types:
         findings += _zero_point_findings(node)
     return findings + _dangling(node)
 
@@ -197,6 +202,8 @@ def _type_findings(node: gs.Node, scope: _Scope) -> list[Finding]:
     if node.op == _DQ and _fed_by_q(node):
         return []  # the Q before it decides the type (and is checked)
     quantized = _quantized_type(node)
+    if node.op == _DQ and quantized == TensorProto.UINT8:
+        return []  # lint's table check already rejects uint8 into DequantizeLinear (one line)
     if node.op == _Q and quantized is None:
         return [_finding(node, "no zero point: ONNX (and ONNX Runtime) quantize to uint8 by "
                                "default, TensorRT to int8, so they disagree on negative values",
@@ -342,15 +349,24 @@ def _dangling(node: gs.Node) -> list[Finding]:
         return [_finding(node, "no DequantizeLinear after this QuantizeLinear: TensorRT "
                                "expects each Q to be followed by a DQ",
                          "add a DequantizeLinear after it, or remove it", WARNING)]
-    source = node.inputs[0]
-    if _fed_by_q(node) or is_constant(source):
-        return []
+    source = _before_data_movement(node.inputs[0])
     producer = _producer(source)
+    if is_constant(source) or (producer is not None and producer.op == _Q):
+        return []
     origin = f"{producer.op} '{producer.name}'" if producer else "a network input"
     return [_finding(node, f"input '{source.name}' comes from {origin}, not from a "
                            "QuantizeLinear or a quantized constant",
                      "feed it from a QuantizeLinear (or quantize the producer's output)",
                      WARNING)]
+
+
+def _before_data_movement(tensor: gs.Tensor) -> gs.Tensor:
+    """`tensor` traced back through ops that only move data (a quantized embedding's Gather)."""
+    producer = _producer(tensor)
+    while producer is not None and producer.op in _DATA_MOVEMENT and producer.inputs:
+        tensor = producer.inputs[0]
+        producer = _producer(tensor)
+    return tensor
 
 
 def _float_island(node: gs.Node, graph: gs.Graph) -> list[Finding]:
