@@ -294,3 +294,35 @@ def test_header_for_a_tensorrt_version():
     assert header_for("8.5.1.7", "MinMaxCalibration") == "TRT-8501-MinMaxCalibration"
     with pytest.raises(UsageError, match="cannot make a calibration cache header"):
         header_for("ten")
+
+
+@pytest.mark.parametrize(("method", "algorithm"), [("minmax", "MinMaxCalibration"),
+                                                   ("entropy", "EntropyCalibration2")])
+def test_quantize_cache_requantize_gives_the_same_scales_and_outputs(tmp_path, method, algorithm):
+    """Calibrate, keep the scales as a cache, quantize again from the cache alone: same model."""
+    import onnxruntime
+
+    from trtcheck.model import load_model
+    from trtcheck.quant.quantize import QuantSettings, quantize_model
+
+    onnx.save(cnn(), tmp_path / "cnn.onnx")
+    model, settings = load_model(tmp_path / "cnn.onnx"), QuantSettings("int8", method=method)
+    calibrated = quantize_model(model, settings, calibration=_calibration_feeds())
+    cache = cache_from_qdq(calibrated, header=header_for("10.3.0", algorithm))
+    write_cache(tmp_path / "cnn.cache", cache)
+    from_cache = quantize_model(model, settings, amax=read_cache(tmp_path / "cnn.cache").amax())
+
+    again = cache_from_qdq(from_cache)
+    assert again.scales.keys() == cache.scales.keys() and len(cache.scales) >= 3
+    # Bit-exact: amax = scale x 127 is exact in float64, and the quantizer divides it back.
+    assert {name: _bits(scale) for name, scale in again.scales.items()} == \
+        {name: _bits(scale) for name, scale in cache.scales.items()}
+    assert check_cache_against_model(cache, from_cache) == []
+    sessions = [onnxruntime.InferenceSession(proto.SerializeToString(),
+                                             providers=["CPUExecutionProvider"])
+                for proto in (calibrated, from_cache)]
+    for seed in range(100, 104):
+        feed = {"image": np.random.default_rng(seed).standard_normal((1, 3, 32, 32))
+                .astype(np.float32)}
+        first, second = (session.run(None, feed)[0] for session in sessions)
+        assert np.array_equal(first, second)
