@@ -130,6 +130,27 @@ def test_transformer_block_quantizes_every_matmul_and_keeps_tensor_names(loaded)
     assert mean_cosine(model.proto, quantized, feeds("x", (1, 16, 32), 4, 99)) > 0.99
 
 
+def test_weight_axis_is_the_output_channel_for_conv_transpose_and_transposed_gemm(loaded):
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+               for name, shape in (("up.w", (4, 6, 3, 3)), ("fc.w", (5, 6)))]
+    nodes = [helper.make_node("ConvTranspose", ["x", "up.w"], ["up"], name="up", strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["up"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+             helper.make_node("Gemm", ["flat", "fc.w"], ["y"], name="fc", transB=1)]
+    graph = helper.make_graph(
+        nodes, "axes", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], weights)
+    model = loaded(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    quantized = quantize_model(model, QuantSettings("int8"), feeds("x", (1, 4, 8, 8), 4, 0))
+    made_by, inits = producers(quantized), initializers(quantized)
+    for node_name, axis, channels in (("up", 1, 6), ("fc", 0, 5)):
+        node = next(n for n in quantized.graph.node if n.name == node_name)
+        weight = made_by[node.input[1]]
+        assert axis_of(weight) == axis and list(inits[weight.input[1]].dims) == [channels]
+    assert mean_cosine(model.proto, quantized, feeds("x", (1, 4, 8, 8), 2, 9)) > 0.99
+
+
 def test_channel_outlier_collapses_in_int8_and_exclude_repairs_it(loaded):
     calibration, test = feeds("image", IMAGE, 16, 0), feeds("image", IMAGE, 4, 99)
     plain = loaded(cnn(), "cnn.onnx")
