@@ -392,14 +392,23 @@ def _ulps(a: float, b: float) -> int:
     return abs(bits_a - bits_b)
 
 
+def _activation_names(graph: onnx.GraphProto) -> list[str]:
+    """Graph inputs and the outputs of nodes other than Q/DQ: what a renamed entry may mean."""
+    names = [info.name for info in graph.input]
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear", "Constant"):
+            names.extend(node.output)
+    return names
+
+
 def _unknown_names(cache: CalibrationCache, graph: onnx.GraphProto) -> list[str]:
-    names = _all_tensor_names(graph)
+    names, activations = _all_tensor_names(graph), _activation_names(graph)
     internal = [name for name in cache.scales if _TENSORRT_INTERNAL.match(name)]
     warnings = []
     for name in cache.scales:
         if name in names or name in internal:
             continue
-        close = difflib.get_close_matches(name, names, n=1)
+        close = difflib.get_close_matches(name, activations, n=1)
         hint = f" (renamed? the model has {close[0]!r})" if close else ""
         warnings.append(f"cache tensor {name!r} is not in the model{hint}: its scale is not "
                         f"used")
