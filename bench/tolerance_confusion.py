@@ -413,7 +413,18 @@ def application_verdict(name: str, pairs: dict[str, dict[str, np.ndarray]],
 # trtcheck's verdict: compare_runs with no tolerance given, as `trtcheck compare` judges
 
 
-def trtcheck_verdict(pairs: dict[str, dict[str, np.ndarray]], precision: str) -> tuple[bool, str]:
+def output_roles(path: Path) -> tuple[dict[str, str], str | None]:
+    """What `trtcheck compare` reads from the model's graph: class-score outputs, quantization."""
+    import onnx
+
+    from trtcheck.output_roles import class_score_outputs, quantized_type
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return class_score_outputs(proto), quantized_type(proto)
+
+
+def trtcheck_verdict(pairs: dict[str, dict[str, np.ndarray]], precision: str,
+                     roles: tuple[dict[str, str], str | None]) -> tuple[bool, str]:
     from polygraphy.comparator import IterationResult, RunResults
 
     from trtcheck.compare import ComparisonError, compare_runs
@@ -423,7 +434,8 @@ def trtcheck_verdict(pairs: dict[str, dict[str, np.ndarray]], precision: str) ->
     for side in ("reference", "target"):
         results.append((side, [IterationResult(dict(pairs[side]), runner_name=side)]))
     try:
-        diffs = compare_runs(results, "reference", "target", ToleranceRequest().resolve(precision))
+        tolerances = ToleranceRequest().resolve(precision, *roles)
+        diffs = compare_runs(results, "reference", "target", tolerances)
     except ComparisonError as err:
         return False, f"error: {err}"
     failed = [diff for diff in diffs if not diff.passed]
@@ -473,6 +485,7 @@ def build_rows(entries, only, with_faults: bool, fresh: bool, progress: bool) ->
         name = entry["name"]
         if only and name not in only:
             continue
+        roles = output_roles(path)
         for precision in PRECISIONS:
             try:
                 pairs = run_model(entry, path, precision, fresh)
@@ -480,7 +493,7 @@ def build_rows(entries, only, with_faults: bool, fresh: bool, progress: bool) ->
                 rows.append(Row(name, precision, False, "", False, f"could not run: {err}"))
                 continue
             benign, detail = application_verdict(name, pairs, precision)
-            passed, why = trtcheck_verdict(pairs, precision)
+            passed, why = trtcheck_verdict(pairs, precision, roles)
             row = Row(name, precision, benign, detail, passed, why)
             if not benign and _overflows(entry, path, precision):
                 row.real_overflow = True
@@ -506,7 +519,7 @@ def build_rows(entries, only, with_faults: bool, fresh: bool, progress: bool) ->
                 if benign and _min_cosine(fault_pairs) >= MIN_COSINE:
                     hidden.append(detail)
                     continue
-                passed, why = trtcheck_verdict(fault_pairs, "fp16")
+                passed, why = trtcheck_verdict(fault_pairs, "fp16", roles)
                 where = f" at site {site} (sites nearer the output hid it)" if site else ""
                 rows.append(Row(name, f"fault: {fault}", False,
                                 f"planted{where}; app: {detail}", passed, why))

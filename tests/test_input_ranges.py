@@ -450,3 +450,16 @@ def test_a_scalar_compared_with_one_constant_gets_that_constant(save_model):
     assert described["sr"].value_range == (16000, 16000) and not described["sr"].guessed
     assert "compared with 16000" in described["sr"].origin
     assert feeds.iterations[0]["sr"] == 16000 and feeds.warnings == ()
+
+
+@pytest.mark.parametrize("command", [("audit",), ("fix", "-o", "fixed.onnx")])
+def test_audit_and_fix_warn_about_guessed_ranges_too(trtcheck_cli, save_model, command):
+    from zoo.build import cnn
+
+    path = save_model(cnn(), "cnn.onnx")
+    run = trtcheck_cli(command[0], path, *command[1:])
+    assert run.code == 0, run.stderr
+    assert ("trtcheck: warning: input 'image': no range given and none found in the graph"
+            in run.stderr)
+    given = trtcheck_cli(command[0], path, *command[1:], "--val-range", "image:[0,1]")
+    assert given.code == 0 and "warning: input 'image'" not in given.stderr

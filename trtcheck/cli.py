@@ -631,7 +631,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         from trtcheck.report.terminal import ComparisonView
 
         for warning in result.feeds.warnings:
-            print(f"trtcheck: warning: {warning}", file=sys.stderr)
+            _warn(warning)
         if result.target_note:
             console.print(result.target_note, style="yellow")
         # crop=False: the lines that name files and commands are printed whole.
@@ -719,12 +719,16 @@ def _bisect(args: argparse.Namespace, result, console):
     return localization
 
 
+def _warn(message: str) -> None:
+    print(f"trtcheck: warning: {message}", file=sys.stderr)
+
+
 def run_audit(args: argparse.Namespace) -> int:
     from trtcheck.debug import audit_model
     from trtcheck.report.json_report import write_json
 
     findings = audit_model(args.model, input_settings_from_args(args),
-                           tuple(args.precision or ("fp16", "bf16")), args.max_memory)
+                           tuple(args.precision or ("fp16", "bf16")), args.max_memory, _warn)
     console = _console()
     for finding in findings:
         style = {"overflow": "red", "mask-fill": "dim"}.get(finding.kind, "yellow")
@@ -753,6 +757,8 @@ def run_fix(args: argparse.Namespace) -> int:
     result = fix_model(args.model, args.output, passes=args.passes,
                        inputs=input_settings_from_args(args), rtol=args.rtol,
                        require_verification=not args.no_verify, static_shapes=args.static)
+    for warning in result.feeds.warnings:
+        _warn(warning)
     console.print(FixView(result))
     if args.json is not None:
         write_json(fix_to_dict(result), args.json)

@@ -35,7 +35,7 @@ from trtcheck.detections import (
     match_detections,
 )
 from trtcheck.errors import TrtcheckError
-from trtcheck.tolerance import Tolerance, Tolerances
+from trtcheck.tolerance import TOP1, Tolerance, Tolerances
 
 # Polygraphy adds this to zero reference values before dividing; the same here keeps the relative
 # errors shown equal to the ones it checks.
@@ -83,8 +83,9 @@ class OutputDiff:
     # Small summaries of the whole error distribution, for reports that never hold tensors.
     histogram: ErrorHistogram | None = None
     sample: ErrorSample | None = None
-    # "elementwise" (float tolerances), "exact" (integer and bool outputs: agreement rate) or
-    # "detections" (paired by class and IoU first; `detections` holds the pairing).
+    # "elementwise" (float tolerances), "exact" (integer and bool outputs: agreement rate),
+    # "detections" (paired by class and IoU first; `detections` holds the pairing) or "top1"
+    # (class scores: the top-1 class at every position decides; `top1_same` holds the count).
     method: str = "elementwise"
     # False when the output had no elements in either run: reported, not counted as checked.
     checked: bool = True
@@ -93,6 +94,8 @@ class OutputDiff:
     # What the verdict may hide: a constant or all-zero reference, an undefined cosine.
     warnings: tuple[str, ...] = ()
     detections: DetectionMatch | None = None
+    # With method "top1": positions whose top-1 class agrees, and all positions.
+    top1_same: tuple[int, int] | None = None
 
     @property
     def agreement(self) -> float | None:
@@ -254,15 +257,20 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
     else:
         index, max_abs, max_rel, mean_abs, p99, ref_at, tgt_at = (), 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     failures = []
-    if not simple_ok:
-        stat = (f"{tol.error_quantile:g} quantile" if tol.check_error_stat == "quantile"
-                else tol.check_error_stat)
-        scaled = f" ({tol.atol_of_max:.3g} x max|ref|)" if tol.atol_of_max is not None else ""
-        failures.append(f"{stat} error exceeds atol={tol.atol:.3g}{scaled}/rtol={tol.rtol:g}")
-    beyond_cap = _beyond_cap(absdiff, reldiff, tol)
-    if beyond_cap:
-        failures.append(f"{beyond_cap} element(s) beyond {tol.max_error_factor:g} x atol = "
-                        f"{tol.atol * (tol.max_error_factor or 1):.3g}")
+    top1 = None
+    if tol.criterion == TOP1:
+        top1 = top1_agreement(target, reference)
+        failures += _top1_failures(top1, target, reference, tol)
+    else:
+        if not simple_ok:
+            stat = (f"{tol.error_quantile:g} quantile" if tol.check_error_stat == "quantile"
+                    else tol.check_error_stat)
+            scaled = f" ({tol.atol_of_max:.3g} x max|ref|)" if tol.atol_of_max is not None else ""
+            failures.append(f"{stat} error exceeds atol={tol.atol:.3g}{scaled}/rtol={tol.rtol:g}")
+        beyond_cap = _beyond_cap(absdiff, reldiff, tol)
+        if beyond_cap:
+            failures.append(f"{beyond_cap} element(s) beyond {tol.max_error_factor:g} x atol = "
+                            f"{tol.atol * (tol.max_error_factor or 1):.3g}")
     if nonfinite:
         failures.append(f"{nonfinite} non-finite value(s) where the reference is finite")
     if tol.min_cosine is not None and cosine is not None and not cosine >= tol.min_cosine:
@@ -278,7 +286,33 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
         mean_abs_error=mean_abs, p99_abs_error=p99, cosine=cosine, snr=snr,
         required_atol=req_atol, required_rtol=req_rtol, iteration=iteration,
         histogram=error_histogram(absdiff), sample=error_sample(reference, absdiff),
+        method="top1" if top1 is not None else "elementwise", top1_same=top1,
     )
+
+
+def top1_agreement(target: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+    """(positions whose top-1 class along the last axis agrees, positions)."""
+    if reference.ndim == 0 or reference.shape[-1] == 0:
+        return 0, 0
+    classes = reference.shape[-1]
+    same = np.argmax(reference.reshape(-1, classes), axis=-1) == np.argmax(
+        target.reshape(-1, classes), axis=-1)
+    return int(same.sum()), int(same.size)
+
+
+def _top1_failures(top1: tuple[int, int], target: np.ndarray, reference: np.ndarray,
+                   tol: Tolerance) -> list[str]:
+    same, positions = top1
+    failures = []
+    if same < positions:
+        failures.append(f"top-1 class differs at {positions - same} of {positions} position(s)")
+    magnitude = _magnitude(reference)
+    # Values the target kept exactly were represented, however small.
+    if tol.min_magnitude is not None and magnitude < tol.min_magnitude and not np.array_equal(
+            target, reference):
+        failures.append(f"every |value| is below {tol.min_magnitude:.3g} (max {magnitude:.3g}), "
+                        "the target type's smallest normal: it cannot keep the classes apart")
+    return failures
 
 
 def cosine_similarity(target: np.ndarray, reference: np.ndarray) -> float | None:
@@ -316,16 +350,19 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
         # The scaled default's atol follows the tensor's magnitude (a no-op once carried).
         tol = tol.scaled_to(_magnitude(reference))
         absdiff, reldiff = _abs_rel(target, reference)
-        if _beyond_cap(absdiff, reldiff, tol):
+        if tol.criterion == TOP1:
+            if _top1_failures(top1_agreement(target, reference), target, reference, tol):
+                return True
+        elif _beyond_cap(absdiff, reldiff, tol):
             return True
-        if tol.check_error_stat == "elemwise":
-            simple_failed = bool(_failing_elements(absdiff, reldiff, tol).any())
+        elif tol.check_error_stat == "elemwise":
+            if _failing_elements(absdiff, reldiff, tol).any():
+                return True
         else:
             stat_abs, stat_rel = _stat(absdiff, tol), _stat(reldiff, tol)
-            simple_failed = (math.isnan(stat_abs) or stat_abs > tol.atol) and (
-                math.isnan(stat_rel) or stat_rel > tol.rtol)
-        if simple_failed:
-            return True
+            if (math.isnan(stat_abs) or stat_abs > tol.atol) and (
+                    math.isnan(stat_rel) or stat_rel > tol.rtol):
+                return True
         cosine = cosine_similarity(target, reference)
         # An undefined cosine (a zero tensor) leaves the verdict to the elementwise criteria.
         if tol.min_cosine is not None and cosine is not None and not cosine >= tol.min_cosine:

@@ -27,6 +27,7 @@ from trtcheck.errors import ModelError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, check_model_file, load_model, sha256_of
+from trtcheck.output_roles import class_score_outputs, quantized_type
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
 from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
@@ -267,7 +268,8 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     reference = get_backend(request.reference)
     target, target_note = resolve_target(request.target)
     model = model or load_model(request.model)
-    tolerances = request.tolerances.resolve(target.precision)
+    tolerances = request.tolerances.resolve(target.precision, class_score_outputs(model.proto),
+                                            quantized_type(model.proto))
     tolerances.check(model.output_names)
     check_specs(request.detections, model.output_names)
     PrecisionPlan(target.precision, request.options.keep_fp32).check_nodes(model.proto)
@@ -343,6 +345,12 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                                if d.tolerance.atol_of_max is not None}), options, trt_major,
         load_inputs=load_inputs, target_model_path=str(target_model.path))
     note = polygraphy_note(str(model.path), target, options, trt_major, str(target_model.path))
+    class_scores = [d.name for d in outputs if d.method == "top1"]
+    if class_scores:
+        # The printed command stays runnable; what it checks differs for these outputs.
+        values = (f"Polygraphy has no top-1 check: it holds {', '.join(class_scores)} to the "
+                  "atol shown, which trtcheck reports but does not decide by")
+        note = f"{note}; {values}" if note else values
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
                               tolerances, options, request.passes, request.detections)
     timings["total"] = time.perf_counter() - started

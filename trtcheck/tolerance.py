@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,8 +20,13 @@ DEFAULT_TOLERANCES = {
 }
 # The fields that make a tolerance explicit (see `ToleranceRequest.resolve`).
 _SIMPLE_FIELDS = ("atol", "rtol", "check_error_stat", "error_quantile")
-# Unit roundoff (half the spacing of numbers near 1) of each target precision.
-UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
+# Unit roundoff (half the spacing of numbers near 1) of each target precision. A model holding
+# int8 Q/DQ computes in int8 whatever the float type around it: a rounding before a Q that lands on
+# the other side of a step moves the value by a whole step, 1/127 of the tensor's range, so its
+# noise is taken as half of that, 2^-8 (as bf16's).
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8, "int8": 2.0**-8}
+# The smallest normal number of each float target type: below it, values lose their precision.
+SMALLEST_NORMAL = {"fp32": 2.0**-126, "fp16": 2.0**-14, "bf16": 2.0**-126}
 # The default when no tolerance is given, per target precision: noise is judged against the
 # output's own magnitude (README, "Comparison"; bench/tolerance_confusion.py measures it):
 # - atol = 8 unit roundoffs x the output's largest finite |reference| value (fp32: 1e-4 x);
@@ -29,16 +35,37 @@ UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8}
 # - no element beyond 4 x atol, however few;
 # - cosine similarity at least 0.9999 (fp32 0.99999): what an embedding needs to stay the same;
 # - and, as for every tolerance, inf/nan where the reference is finite fails.
-SCALED_DEFAULTS = {
-    precision: {"atol": 0.0, "rtol": 0.0, "check_error_stat": "quantile",
-                "error_quantile": 0.999, "atol_of_max": atol_of_max, "max_error_factor": 4.0,
-                "min_cosine": min_cosine}
-    for precision, atol_of_max, min_cosine in (
-        ("fp32", 1e-4, 0.99999),
-        ("fp16", 8 * UNIT_ROUNDOFF["fp16"], 0.9999),
-        ("bf16", 8 * UNIT_ROUNDOFF["bf16"], 0.9999),
-    )
-}
+# Class scores (`output_roles`) are judged by what an application reads from them instead: the
+# same top-1 class at every position, and a cosine floor that follows the precision's rounding
+# (1 - 1e-4 x (u / u_fp16)^2: fp16 0.9999, bf16 and int8 0.9936; fp32 keeps 0.99999). The values
+# are still measured and shown.
+VALUES, TOP1 = "values", "top1"
+_FP32_COSINE, _FP16_COSINE = 0.99999, 0.9999
+
+
+def scaled_default(precision: str, class_scores: bool = False) -> dict[str, Any]:
+    """The default rule's fields for outputs computed in `precision` (see the comment above)."""
+    unit = UNIT_ROUNDOFF[precision]
+    values_cosine = _FP32_COSINE if precision == "fp32" else _FP16_COSINE
+    fields: dict[str, Any] = {
+        "atol": 0.0, "rtol": 0.0, "check_error_stat": "quantile", "error_quantile": 0.999,
+        "atol_of_max": 1e-4 if precision == "fp32" else 8 * unit, "max_error_factor": 4.0,
+        "min_cosine": values_cosine}
+    if class_scores:
+        scaled = 1 - (1 - _FP16_COSINE) * (unit / UNIT_ROUNDOFF["fp16"]) ** 2
+        fields.update(criterion=TOP1, min_cosine=min(values_cosine, scaled))
+    return fields
+
+
+def noise_precision(target_precision: str, quantized: str | None) -> str:
+    """The coarser of the target's float type and the model's own quantization (int8)."""
+    if quantized is not None and quantized in UNIT_ROUNDOFF and (
+            UNIT_ROUNDOFF[quantized] > UNIT_ROUNDOFF[target_precision]):
+        return quantized
+    return target_precision
+
+
+SCALED_DEFAULTS = {precision: scaled_default(precision) for precision in ("fp32", "fp16", "bf16")}
 
 
 @dataclass(frozen=True)
@@ -59,6 +86,12 @@ class Tolerance:
     atol_of_max: float | None = None
     # No element may exceed this many times atol (and rtol), whatever the statistic lets through.
     max_error_factor: float | None = None
+    # What decides: the values (atol, rtol and the statistic) or, for class scores, the top-1
+    # class along the last axis at every position (the values are measured and shown).
+    criterion: str = VALUES
+    # With `TOP1`: a reference whose every |value| is below this cannot be told apart by the
+    # target's float type (its smallest normal): the check fails rather than compare rounding.
+    min_magnitude: float | None = None
 
     def __post_init__(self) -> None:
         # The front ends check with the flag or file:line first; this catches API callers.
@@ -78,6 +111,10 @@ class Tolerance:
         if self.max_error_factor is not None:
             check_tolerance_value(f"max_error_factor {self.max_error_factor!r}",
                                   self.max_error_factor, 1.0)
+        if self.criterion not in (VALUES, TOP1):
+            raise UsageError(f"criterion {self.criterion!r}: must be {VALUES!r} or {TOP1!r}")
+        if self.min_magnitude is not None:
+            check_tolerance_value(f"min_magnitude {self.min_magnitude!r}", self.min_magnitude)
 
     def scaled_to(self, magnitude: float) -> Tolerance:
         """This tolerance for values whose largest finite |value| is `magnitude`.
@@ -91,6 +128,8 @@ class Tolerance:
 
     def describe(self) -> str:
         """One line: the statistic, atol (and how it scales), rtol, the other minimums."""
+        if self.criterion == TOP1:
+            return f"class scores: top-1 at every position, cos>={self.min_cosine:g}"
         if self.check_error_stat == "quantile":
             text = f"{self.error_quantile:g} quantile"
         else:
@@ -150,20 +189,23 @@ class ToleranceRequest:
 
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def resolve(self, precision: str) -> Tolerances:
+    def resolve(self, precision: str, class_scores: Collection[str] = (),
+                quantized: str | None = None) -> Tolerances:
         """The tolerances for a target of `precision`.
 
-        Outputs with none of atol, rtol, error statistic or quantile given get the precision's
-        magnitude-scaled default (`SCALED_DEFAULTS`); given ones keep their exact meaning, with
-        `DEFAULT_TOLERANCES` for the fields left out. A given cosine or SNR minimum replaces or
-        adds to either.
+        Outputs with none of atol, rtol, error statistic or quantile given get the magnitude-scaled
+        default (`scaled_default`) of the coarser of `precision` and the model's own quantization
+        (`quantized`, see `output_roles`), with the class-score rule for `class_scores`; given
+        ones keep their exact meaning, with `DEFAULT_TOLERANCES` for the fields left out. A given
+        cosine or SNR minimum replaces or adds to either.
         """
         atol, rtol = DEFAULT_TOLERANCES[precision]
         explicit: dict[str, Any] = {"atol": atol, "rtol": rtol}
         for_all = {name: by_output[""] for name, by_output in self.values.items()
                    if "" in by_output}
         scaled = not any(name in for_all for name in _SIMPLE_FIELDS)
-        defaults = {**(SCALED_DEFAULTS[precision] if scaled else explicit), **for_all}
+        noise = noise_precision(precision, quantized)
+        defaults = {**(scaled_default(noise) if scaled else explicit), **for_all}
         per_output: dict[str, dict[str, Any]] = {}
         for field_name, by_output in self.values.items():
             for output, value in by_output.items():
@@ -175,6 +217,13 @@ class ToleranceRequest:
             for overrides in per_output.values():
                 if any(name in overrides for name in _SIMPLE_FIELDS):
                     overrides.update({**unscaled, **overrides})
+            top1 = {**scaled_default(noise, class_scores=True),
+                    "min_magnitude": SMALLEST_NORMAL.get(precision)}
+            for name in class_scores:
+                overrides = per_output.setdefault(name, {})
+                if not any(field in overrides for field in _SIMPLE_FIELDS):
+                    # A cosine or SNR minimum the user gave stays.
+                    overrides.update({**top1, **for_all, **overrides})
         return Tolerances(Tolerance(**defaults), per_output)
 
 

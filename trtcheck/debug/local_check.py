@@ -97,5 +97,5 @@ def check_alone(probe: Probe, node: onnx.NodeProto, values: dict[str, np.ndarray
                               feed, [], "target:culprit")
     except TrtcheckError as err:
         return LocalCheck(None, None, str(err))
-    verdict = measure(observed[tensor], values[tensor], probe)
+    verdict = measure(observed[tensor], values[tensor], probe, tensor)
     return LocalCheck(verdict.failed, verdict.error)

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,17 +230,23 @@ def localize_comparison(result: Any, model: LoadedModel | None = None,
 
 
 def audit_model(path: Path, inputs: Any, precisions: tuple[str, ...],
-                max_memory: int | None = None) -> list[RangeFinding]:
+                max_memory: int | None = None,
+                warn: Callable[[str], None] | None = None) -> list[RangeFinding]:
     """Runs the model on ONNX Runtime in fp32, every tensor in memory-bounded batches, and audits.
 
-    Attention-mask fills are classified apart (`debug.audit`).
+    Attention-mask fills are classified apart (`debug.audit`). `warn` gets each warning about
+    the inputs fed (a range guessed, not found in the graph).
     """
     from trtcheck.inputs import make_feeds
     from trtcheck.run import quiet_polygraphy
 
     with quiet_polygraphy():
         model = load_model(path)
-        feed = make_feeds(model, inputs).iterations[0]
+        feeds = make_feeds(model, inputs)
+        if warn is not None:
+            for warning in feeds.warnings:
+                warn(warning)
+        feed = feeds.iterations[0]
         reference = get_backend("onnxrt")
         probe = Probe(model, reference, reference, BackendOptions(), feed, "", Tolerance(0, 0),
                       0.0, max_memory or default_max_memory())

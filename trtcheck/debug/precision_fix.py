@@ -123,7 +123,7 @@ def fix_precision(probe: Probe, found: Localization, graph: TensorGraph,
             remaining = f"the target could not run with the plan: {err}"
             break
         runs += 1
-        outcome = measure(observed[probe.output], output_reference, probe)
+        outcome = measure(observed[probe.output], output_reference, probe, probe.output)
         if not outcome.failed:
             verified, remaining = True, None
             break

@@ -37,7 +37,7 @@ from trtcheck.debug.audit import (
 )
 from trtcheck.marking import markable_tensors
 from trtcheck.run import Activations, Feed, run_marked
-from trtcheck.tolerance import Tolerance
+from trtcheck.tolerance import TOP1, VALUES, Tolerance
 
 if TYPE_CHECKING:
     from trtcheck.backend_names import Backend
@@ -90,13 +90,20 @@ class Probe:
     def with_options(self, options: BackendOptions) -> Probe:
         return replace(self, options=options)
 
-    def tolerance_for(self, reference_scale: float) -> Tolerance:
-        """The output's tolerance carried onto a tensor whose largest |value| is given."""
+    def tolerance_for(self, reference_scale: float, tensor: str | None = None) -> Tolerance:
+        """The output's tolerance carried onto a tensor whose largest |value| is given.
+
+        A class-score output's top-1 criterion is for that output only: the tensors before it
+        are held to the values rule its tolerance carries (atol, statistic, cosine floor).
+        """
+        tolerance = self.tolerance
+        if tensor != self.output and tolerance.criterion == TOP1:
+            tolerance = replace(tolerance, criterion=VALUES, min_magnitude=None)
         if self.output_scale > 0:
-            atol = self.tolerance.atol * reference_scale / self.output_scale
+            atol = tolerance.atol * reference_scale / self.output_scale
         else:
-            atol = self.tolerance.atol
-        return replace(self.tolerance, atol=atol)
+            atol = tolerance.atol
+        return replace(tolerance, atol=atol)
 
 
 @dataclass(frozen=True)
@@ -115,9 +122,9 @@ class Measure:
         return self.max_abs_error / self.scale if self.scale > 0 else self.max_abs_error
 
 
-def measure(target: np.ndarray, reference: np.ndarray, probe: Probe) -> Measure:
+def measure(target: np.ndarray, reference: np.ndarray, probe: Probe, tensor: str) -> Measure:
     scale = _scale(reference)
-    tolerance = probe.tolerance_for(scale)
+    tolerance = probe.tolerance_for(scale, tensor)
     failed = tensor_verdict(target, reference, tolerance)
     if target.shape != reference.shape:
         return Measure(True, math.inf, scale, tolerance.atol)
@@ -403,7 +410,7 @@ def run_batches(probe: Probe, graph: TensorGraph, names: Sequence[str], *, judge
             for name in batch:
                 if name in result.not_float or name not in target:
                     continue
-                result.measured[name] = measure(target[name], reference[name], probe)
+                result.measured[name] = measure(target[name], reference[name], probe, name)
             del target
         del reference
     _confirm_masks(probe, result, softmax)
@@ -455,6 +462,6 @@ class SearchProber:
                             self.probe.feed, names, f"target:probe{number}")
         verdicts = {}
         for name in names:
-            self.measured[name] = measure(target[name], reference[name], self.probe)
+            self.measured[name] = measure(target[name], reference[name], self.probe, name)
             verdicts[self.graph.index[name]] = self.measured[name].failed
         return verdicts

@@ -66,7 +66,7 @@ def write_readme(folder: Path, probe: Probe, result: Localization,
     culprit = result.culprit_tensor
     scale = float(np.abs(values[culprit][np.isfinite(values[culprit])]).max(initial=0.0)) \
         if culprit in values and values[culprit].size else 0.0
-    tolerance = probe.tolerance_for(scale)
+    tolerance = probe.tolerance_for(scale, culprit)
     flags = {"fp16": " --fp16", "bf16": " --bf16"}.get(probe.target.precision, "")
     stat = tolerance.check_error_stat
     tolerance_flags = (f"--atol {_number(tolerance.atol)} --rtol {_number(tolerance.rtol)} "

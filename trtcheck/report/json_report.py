@@ -64,6 +64,7 @@ def output_to_dict(diff: OutputDiff) -> dict[str, Any]:
         "warnings": list(diff.warnings),
         "agreement": _number(diff.agreement),
         "detections": None if diff.detections is None else _detections(diff.detections),
+        "top1_same": None if diff.top1_same is None else list(diff.top1_same),
     }
 
 

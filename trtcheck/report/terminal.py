@@ -118,6 +118,9 @@ def _exceeding_cell(diff: OutputDiff) -> str:
         return f"{diff.exceeding} of {diff.elements} differ"
     if diff.method == "detections":
         return f"{diff.exceeding} of {diff.elements} paired"
+    if diff.method == "top1" and diff.top1_same is not None:
+        same, positions = diff.top1_same
+        return f"top-1 same at {same} of {positions}"
     return f"{diff.exceeding} of {diff.elements}"
 
 
