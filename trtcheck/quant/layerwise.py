@@ -6,7 +6,10 @@ its layers are paired with the fp32 model's by graph structure, never by name:
 1. Each graph is read as its float view: a QuantizeLinear -> DequantizeLinear pair stands for
    the Q's input, a DequantizeLinear of a constant (int8/fp8 weights) is that constant
    dequantized, an Identity stands for its input, a Constant node is a constant. What remains are
-   the compute nodes. A Q read by anything other than a DQ (QOperator format) is refused.
+   the compute nodes. A Q read by anything other than a DQ (QOperator format) is refused, and
+   so is a Q/DQ whose scale or zero point is not a constant: ONNX Runtime's quantizer names
+   tensor T's scale 'T_scale' and reads an existing tensor of that name instead (a broken model
+   that fails only when run).
 2. Graph inputs are paired by position. Then, in graph order (ONNX graphs are topologically
    sorted), each compute node of the Q/DQ model is paired with an unpaired fp32 node of the same
    op type, domain and attributes whose inputs are the same: the outputs of the already paired
