@@ -21,7 +21,22 @@ class Backend:
 
     @property
     def emulated(self) -> bool:
-        return self.family == "onnxrt" and self.precision != "fp32"
+        """ONNX Runtime rounding through fp16/bf16 where TensorRT would compute in them."""
+        return self.family == "onnxrt" and self.precision in FLOAT_REDUCED
+
+    @property
+    def quantized(self) -> bool:
+        """int8/fp8: runs a Q/DQ model as it is; its Q/DQ say what computes quantized."""
+        return self.precision in QUANTIZED
+
+    @property
+    def float_precision(self) -> str:
+        """The float type the backend reduces nodes to (fp32 for a quantized one)."""
+        return "fp32" if self.quantized else self.precision
+
+
+FLOAT_REDUCED = ("fp16", "bf16")
+QUANTIZED = ("int8", "fp8")
 
 
 BACKENDS: dict[str, Backend] = {
@@ -33,6 +48,10 @@ BACKENDS: dict[str, Backend] = {
         Backend("trt", "trt", "fp32"),
         Backend("trt-fp16", "trt", "fp16"),
         Backend("trt-bf16", "trt", "bf16"),
+        Backend("onnxrt-int8", "onnxrt", "int8"),
+        Backend("onnxrt-fp8", "onnxrt", "fp8"),
+        Backend("trt-int8", "trt", "int8"),
+        Backend("trt-fp8", "trt", "fp8"),
     )
 }
 

@@ -179,7 +179,7 @@ def onnxrt_session_source(model: LoadedModel, backend: Backend, options: Backend
     """
     from trtcheck.precision import PrecisionPlan
 
-    plan = PrecisionPlan(backend.precision, options.keep_fp32)
+    plan = PrecisionPlan(backend.float_precision, options.keep_fp32)
     if backend.emulated or mark:
         from trtcheck.atomic import session_source, session_work_folder
 
@@ -193,7 +193,8 @@ def onnxrt_session_source(model: LoadedModel, backend: Backend, options: Backend
     return str(model.path)
 
 
-def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str, now: bool = False):
+def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str, now: bool = False,
+                   disabled_optimizers: Sequence[str] = ()):
     """Polygraphy's ONNX Runtime runner; `now` builds its session here rather than when run."""
     import onnxruntime
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -201,8 +202,34 @@ def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str, now:
     # ONNX Runtime's optimizer warnings (e.g. "UnsqueezeElimination cannot remove node") are
     # noise for a user comparing outputs; errors still show.
     onnxruntime.set_default_logger_severity(3)
-    session = SessionFromOnnx(source, providers=list(options.providers))
+    session: Callable[[], Any] = SessionFromOnnx(source, providers=list(options.providers))
+    if disabled_optimizers:
+        # Polygraphy's SessionFromOnnx takes no disabled optimizers (an fp8 Q/DQ model needs
+        # one off: `quant.quantize.ORT_FP8_DISABLED_OPTIMIZERS`).
+        session = functools.partial(_session_without, source, list(options.providers),
+                                    list(disabled_optimizers))
     return OnnxrtRunner(session() if now else session, name=name)
+
+
+def _session_without(source: bytes | str, providers: list[str], disabled: list[str]) -> Any:
+    import onnxruntime
+
+    names = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "tensorrt": "TensorrtExecutionProvider"}
+    return onnxruntime.InferenceSession(
+        source, providers=[names.get(p.lower(), p) for p in providers],
+        disabled_optimizers=disabled)
+
+
+def disabled_optimizers(model: LoadedModel) -> tuple[str, ...]:
+    """The ONNX Runtime optimizers a session of `model` must run without (fp8 Q/DQ models)."""
+    from trtcheck.output_roles import quantized_type
+
+    if quantized_type(model.proto) != "fp8":
+        return ()
+    from trtcheck.quant.quantize import ORT_FP8_DISABLED_OPTIMIZERS
+
+    return tuple(ORT_FP8_DISABLED_OPTIMIZERS)
 
 
 class ConvertedOnnxPath:
@@ -303,7 +330,10 @@ def trt_chain(model: LoadedModel, backend: Backend, plan: PrecisionPlan,
     if major is None:
         version = tensorrt_version()
         major = int(version.split(".")[0]) if version else 10
-    strongly_typed = major >= 11
+    # A Q/DQ model is built strongly typed on TensorRT 10 too: its Q/DQ and tensor types say
+    # what computes in int8/fp8, with no builder flag needed (TensorRT 10's int8 flag would
+    # also let it pick int8 for layers the model keeps in float).
+    strongly_typed = major >= 11 or backend.quantized
 
     profiles = []
     dynamic = _profile_shapes(model, options)
@@ -348,11 +378,12 @@ def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, n
     """
     from trtcheck.precision import PrecisionPlan
 
-    plan = PrecisionPlan(backend.precision, options.keep_fp32)
+    plan = PrecisionPlan(backend.float_precision, options.keep_fp32)
     if backend.family == "onnxrt":
         if source is None:
             source = onnxrt_session_source(model, backend, options, mark)
-        return _onnxrt_runner(source, options, name)
+        return _onnxrt_runner(source, options, name,
+                              disabled_optimizers=disabled_optimizers(model))
     if not tensorrt_usable():
         raise BackendUnavailableError(
             f"{backend.name}: TensorRT is not installed here (Python module 'tensorrt' not "
@@ -364,19 +395,22 @@ def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, n
 def polygraphy_flags(backend: Backend, options: BackendOptions, trt_major: int | None) -> list[str]:
     """The `polygraphy run` flags that select this backend on a TensorRT machine.
 
-    Emulated targets map to TensorRT with the same precision: that is what they stand in for.
+    Emulated and quantized targets map to TensorRT with the same precision: that is what they
+    stand in for.
     """
-    if backend.family == "onnxrt" and not backend.emulated:
+    if backend.family == "onnxrt" and not backend.emulated and not backend.quantized:
         flags = ["--onnxrt"]
         if tuple(options.providers) != ("cpu",):
             flags += ["--providers", *options.providers]
         return flags
     flags = ["--trt"]
-    if backend.precision != "fp32":
+    if backend.quantized:
+        flags.append("--strongly-typed")  # the Q/DQ model's types decide (see `trt_chain`)
+    elif backend.precision != "fp32":
         flags.append(f"--{backend.precision}")
     if options.tf32:
         flags.append("--tf32")
-    if options.keep_fp32 and backend.precision != "fp32" and (trt_major or 10) < 11:
+    if options.keep_fp32 and backend.float_precision != "fp32" and (trt_major or 10) < 11:
         flags += ["--precision-constraints", "obey", "--layer-precisions",
                   *(f"{node}:float32" for node in sorted(options.keep_fp32))]
     return flags

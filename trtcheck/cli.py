@@ -288,6 +288,19 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="where converted and fixed models are written (the TensorRT 11 "
                               f"command reads its converted model from here; default "
                               f"{DEFAULT_WORK_DIR}); a new, empty or earlier trtcheck work folder")
+    quant = parser.add_argument_group("int8 / fp8 targets (explicit Q/DQ)")
+    quant.add_argument("--calibration-data", type=Path, metavar="PATH",
+                       help="calibrate on these inputs: a folder of .npz files (one feed each) "
+                            "or a Polygraphy inputs JSON (default: synthetic feeds, with a "
+                            "warning)")
+    quant.add_argument("--calibration-cache", type=Path, metavar="FILE",
+                       help="take the scales of a TensorRT calibration cache instead")
+    quant.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
+                       default="minmax", help="how activation ranges are calibrated (default "
+                                              "minmax)")
+    quant.add_argument("--target-model", type=Path, metavar="QDQ.onnx",
+                       help="the target runs this model (quantized elsewhere: ModelOpt, ONNX "
+                            "Runtime, QAT) against the reference's run of MODEL")
     out = parser.add_argument_group("outputs")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
     out.add_argument("--report", type=Path, metavar="FILE.html",
@@ -553,6 +566,7 @@ def request_from_args(args: argparse.Namespace):
     from trtcheck.backends import BackendOptions
     from trtcheck.core import CompareRequest, ToleranceRequest
     from trtcheck.detections import parse_spec
+    from trtcheck.quant.target import QuantRequest
 
     _check_output_path("--save-outputs", args.save_outputs)
     _check_output_path("--save-inputs", args.save_inputs)
@@ -569,6 +583,8 @@ def request_from_args(args: argparse.Namespace):
                                work_dir=args.work_dir),
         save_outputs=args.save_outputs,
         save_inputs=args.save_inputs,
+        quant=QuantRequest(args.calibration_data, args.calibration_cache,
+                           args.calibration_method, args.target_model),
     )
 
 

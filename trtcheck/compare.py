@@ -35,7 +35,7 @@ from trtcheck.detections import (
     match_detections,
 )
 from trtcheck.errors import TrtcheckError
-from trtcheck.tolerance import TOP1, Tolerance, Tolerances
+from trtcheck.tolerance import TOP1, VALUES, Tolerance, Tolerances
 
 # Polygraphy adds this to zero reference values before dividing; the same here keeps the relative
 # errors shown equal to the ones it checks.
@@ -261,7 +261,7 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
     if tol.criterion == TOP1:
         top1 = top1_agreement(target, reference)
         failures += _top1_failures(top1, target, reference, tol)
-    else:
+    elif tol.criterion == VALUES:
         if not simple_ok:
             stat = (f"{tol.error_quantile:g} quantile" if tol.check_error_stat == "quantile"
                     else tol.check_error_stat)
@@ -286,7 +286,8 @@ def _describe(name: str, target: np.ndarray, reference: np.ndarray, tol: Toleran
         mean_abs_error=mean_abs, p99_abs_error=p99, cosine=cosine, snr=snr,
         required_atol=req_atol, required_rtol=req_rtol, iteration=iteration,
         histogram=error_histogram(absdiff), sample=error_sample(reference, absdiff),
-        method="top1" if top1 is not None else "elementwise", top1_same=top1,
+        method={TOP1: "top1", VALUES: "elementwise"}.get(tol.criterion, tol.criterion),
+        top1_same=top1,
     )
 
 
@@ -353,6 +354,8 @@ def tensor_verdict(target: np.ndarray, reference: np.ndarray, tol: Tolerance) ->
         if tol.criterion == TOP1:
             if _top1_failures(top1_agreement(target, reference), target, reference, tol):
                 return True
+        elif tol.criterion != VALUES:
+            pass  # similarity: the cosine and SNR minimums below decide
         elif _beyond_cap(absdiff, reldiff, tol):
             return True
         elif tol.check_error_stat == "elemwise":

@@ -30,6 +30,7 @@ from trtcheck.model import LoadedModel, check_model_file, load_model, sha256_of
 from trtcheck.output_roles import class_score_outputs, quantized_type
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
+from trtcheck.quant.target import QuantRequest, quantized_target
 from trtcheck.repro import polygraphy_command, polygraphy_note, trtcheck_command
 from trtcheck.run import BackendRun, ReferenceCache, quiet_polygraphy
 from trtcheck.tolerance import ToleranceRequest, Tolerances
@@ -56,6 +57,8 @@ class CompareRequest:
     passes: tuple[str, ...] = ()
     # Outputs compared as detection sets (paired by class and IoU), not element by element.
     detections: tuple[DetectionSpec, ...] = ()
+    # int8/fp8 targets: how the Q/DQ model is made, or the user's own (`--target-model`).
+    quant: QuantRequest = field(default_factory=QuantRequest)
 
 
 @dataclass
@@ -156,6 +159,23 @@ def _library_versions() -> dict[str, str | None]:
         "numpy": numpy.__version__,
         "tensorrt": tensorrt_version(),
     }
+
+
+def _target_of(target_model: Path | None) -> str | None:
+    """The default target for `--target-model` (None without it): the backend of its type."""
+    if target_model is None:
+        return None
+    import onnx
+
+    from trtcheck.backends import tensorrt_usable
+
+    try:
+        proto = onnx.load(str(target_model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - loading it again for the comparison says what is wrong
+        return None
+    family = "trt" if tensorrt_usable() else "onnxrt"
+    kind = quantized_type(proto)
+    return f"{family}-{kind}" if kind else family
 
 
 def resolve_target(name: str | None) -> tuple[Backend, str | None]:
@@ -266,13 +286,13 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference = get_backend(request.reference)
-    target, target_note = resolve_target(request.target)
+    target, target_note = resolve_target(request.target or _target_of(request.quant.target_model))
     model = model or load_model(request.model)
     tolerances = request.tolerances.resolve(target.precision, class_score_outputs(model.proto),
                                             quantized_type(model.proto))
     tolerances.check(model.output_names)
     check_specs(request.detections, model.output_names)
-    PrecisionPlan(target.precision, request.options.keep_fp32).check_nodes(model.proto)
+    PrecisionPlan(target.float_precision, request.options.keep_fp32).check_nodes(model.proto)
     feeds = make_feeds(model, request.inputs)
     # TensorRT profiles (and the repro command) take the shapes fed to dynamic inputs.
     dynamic_shapes = {d.name: d.shape for d in feeds.described if model.input(d.name).is_dynamic}
@@ -286,13 +306,21 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     from polygraphy.comparator import RunResults
 
     target_model, passes = model, None
+    if target.quantized or request.quant.target_model is not None:
+        what = "loading" if request.quant.target_model else f"quantizing to {target.precision}"
+        with step(f"{what} the target's Q/DQ model"):
+            assert options.work_dir is not None
+            target_model, notes = quantized_target(model, target, request.quant,
+                                                   request.inputs, options.work_dir)
+        target_note = "; ".join(filter(None, [target_note, *notes])) or None
     if request.passes:
         with step(f"graph passes: {', '.join(request.passes)}"):
-            target_model, passes = _fixed_model(model, list(request.passes), feeds, options)
+            target_model, passes = _fixed_model(target_model, list(request.passes), feeds,
+                                                options)
     installed = tensorrt_version()
     trt_major = options.trt_major or (int(installed.split(".")[0]) if installed else None)
     support, support_error = None, None
-    if target.family == "trt" or target.emulated:
+    if target.family == "trt" or target.emulated or target.quantized:
         start = time.perf_counter()
         support, support_error = tensorrt_support(target_model, trt_major or 10)
         timings["lint"] = time.perf_counter() - start

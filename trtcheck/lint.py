@@ -225,7 +225,12 @@ def lint_model(model: LoadedModel, trt_major: int = 10, with_parser: bool = True
         findings.append(Finding("", "", f"opset {opset} is outside TensorRT {version}'s range "
                                         f"{low}-{high}; convert it with onnx.version_converter"))
     inferred = onnx.shape_inference.infer_shapes(_without_weights(model.proto), strict_mode=False)
-    graph = gs.import_onnx(inferred)
+    # graphsurgeon warns for each tensor of a type numpy lacks (float8 in an fp8 Q/DQ model).
+    previous, gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.severity, gs.logger.G_LOGGER.ERROR
+    try:
+        graph = gs.import_onnx(inferred)
+    finally:
+        gs.logger.G_LOGGER.severity = previous
     graph.toposort()
     findings += _tensor_findings(graph)
     for node in graph.nodes:

@@ -121,9 +121,9 @@ def _target_model(model_path: str, target: Backend, options: BackendOptions,
                   trt_major: int | None, target_model_path: str | None) -> tuple[str, bool]:
     """The model TensorRT builds for the target, and whether it is a converted (typed) one."""
     ran = target_model_path or model_path
-    if (trt_major or 10) >= 11 and target.precision != "fp32":
+    if (trt_major or 10) >= 11 and target.float_precision != "fp32":
         return str(converted_model_path(Path(ran), PrecisionPlan(
-            target.precision, options.keep_fp32), options)), True
+            target.float_precision, options.keep_fp32), options)), True
     return ran, False
 
 
@@ -182,7 +182,9 @@ def polygraphy_note(model_path: str, target: Backend, options: BackendOptions,
     if built == model_path:
         return None
     what = []
-    if target_model_path not in (None, model_path):
+    if target.quantized:
+        what.append(f"quantized to {target.precision} with Q/DQ")
+    elif target_model_path not in (None, model_path):
         what.append("after the graph passes")
     if converted:
         what.append(f"converted to {target.precision} for TensorRT {trt_major}'s strongly typed "

@@ -17,6 +17,8 @@ DEFAULT_TOLERANCES = {
     "fp32": (1e-4, 1e-4),
     "fp16": (1e-2, 1e-2),
     "bf16": (5e-2, 5e-2),
+    "int8": (5e-2, 5e-2),
+    "fp8": (1e-1, 1e-1),
 }
 # The fields that make a tolerance explicit (see `ToleranceRequest.resolve`).
 _SIMPLE_FIELDS = ("atol", "rtol", "check_error_stat", "error_quantile")
@@ -24,7 +26,8 @@ _SIMPLE_FIELDS = ("atol", "rtol", "check_error_stat", "error_quantile")
 # int8 Q/DQ computes in int8 whatever the float type around it: a rounding before a Q that lands on
 # the other side of a step moves the value by a whole step, 1/127 of the tensor's range, so its
 # noise is taken as half of that, 2^-8 (as bf16's).
-UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8, "int8": 2.0**-8}
+UNIT_ROUNDOFF = {"fp32": 2.0**-24, "fp16": 2.0**-11, "bf16": 2.0**-8, "int8": 2.0**-8,
+                 "fp8": 2.0**-4}
 # The smallest normal number of each float target type: below it, values lose their precision.
 SMALLEST_NORMAL = {"fp32": 2.0**-126, "fp16": 2.0**-14, "bf16": 2.0**-126}
 # The default when no tolerance is given, per target precision: noise is judged against the
@@ -39,7 +42,13 @@ SMALLEST_NORMAL = {"fp32": 2.0**-126, "fp16": 2.0**-14, "bf16": 2.0**-126}
 # same top-1 class at every position, and a cosine floor that follows the precision's rounding
 # (1 - 1e-4 x (u / u_fp16)^2: fp16 0.9999, bf16 and int8 0.9936; fp32 keeps 0.99999). The values
 # are still measured and shown.
-VALUES, TOP1 = "values", "top1"
+# int8 and fp8 targets (a Q/DQ model) are judged by similarity: their error is quantization
+# noise spread over every element, which a signal-to-noise ratio measures and an elementwise limit
+# does not (a few elements on a step edge move by a whole step). SNR at least 25 dB for int8 (a
+# cosine of about 0.998), 15 dB for fp8 (three mantissa bits; about 0.984); class scores keep
+# their top-1 with a cosine floor of 0.99 (int8) or 0.98 (fp8). The values are shown.
+QUANTIZED_FLOORS = {"int8": (25.0, 0.99), "fp8": (15.0, 0.98)}
+VALUES, TOP1, SIMILARITY = "values", "top1", "similarity"
 _FP32_COSINE, _FP16_COSINE = 0.99999, 0.9999
 
 
@@ -54,6 +63,16 @@ def scaled_default(precision: str, class_scores: bool = False) -> dict[str, Any]
     if class_scores:
         scaled = 1 - (1 - _FP16_COSINE) * (unit / UNIT_ROUNDOFF["fp16"]) ** 2
         fields.update(criterion=TOP1, min_cosine=min(values_cosine, scaled))
+    return fields
+
+
+def quantized_default(precision: str, class_scores: bool = False) -> dict[str, Any]:
+    """The default rule's fields for an int8 or fp8 target (see `QUANTIZED_FLOORS`)."""
+    snr, class_cosine = QUANTIZED_FLOORS[precision]
+    fields = {**scaled_default(precision), "criterion": SIMILARITY, "min_cosine": None,
+              "min_snr": snr}
+    if class_scores:
+        fields.update(criterion=TOP1, min_cosine=class_cosine, min_snr=None)
     return fields
 
 
@@ -86,8 +105,9 @@ class Tolerance:
     atol_of_max: float | None = None
     # No element may exceed this many times atol (and rtol), whatever the statistic lets through.
     max_error_factor: float | None = None
-    # What decides: the values (atol, rtol and the statistic) or, for class scores, the top-1
-    # class along the last axis at every position (the values are measured and shown).
+    # What decides besides the cosine and SNR minimums: the values (atol, rtol and the
+    # statistic), for class scores the top-1 class along the last axis at every position, or
+    # nothing more (similarity: quantized targets). The values are measured and shown always.
     criterion: str = VALUES
     # With `TOP1`: a reference whose every |value| is below this cannot be told apart by the
     # target's float type (its smallest normal): the check fails rather than compare rounding.
@@ -111,8 +131,9 @@ class Tolerance:
         if self.max_error_factor is not None:
             check_tolerance_value(f"max_error_factor {self.max_error_factor!r}",
                                   self.max_error_factor, 1.0)
-        if self.criterion not in (VALUES, TOP1):
-            raise UsageError(f"criterion {self.criterion!r}: must be {VALUES!r} or {TOP1!r}")
+        if self.criterion not in (VALUES, TOP1, SIMILARITY):
+            raise UsageError(f"criterion {self.criterion!r}: must be one of {VALUES!r}, "
+                             f"{TOP1!r}, {SIMILARITY!r}")
         if self.min_magnitude is not None:
             check_tolerance_value(f"min_magnitude {self.min_magnitude!r}", self.min_magnitude)
 
@@ -130,6 +151,9 @@ class Tolerance:
         """One line: the statistic, atol (and how it scales), rtol, the other minimums."""
         if self.criterion == TOP1:
             return f"class scores: top-1 at every position, cos>={self.min_cosine:g}"
+        if self.criterion == SIMILARITY:
+            return f"similarity: snr>={self.min_snr:g}dB" + (
+                f", cos>={self.min_cosine:g}" if self.min_cosine is not None else "")
         if self.check_error_stat == "quantile":
             text = f"{self.error_quantile:g} quantile"
         else:
@@ -205,7 +229,14 @@ class ToleranceRequest:
                    if "" in by_output}
         scaled = not any(name in for_all for name in _SIMPLE_FIELDS)
         noise = noise_precision(precision, quantized)
-        defaults = {**(scaled_default(noise) if scaled else explicit), **for_all}
+        quantized_target = precision in QUANTIZED_FLOORS
+
+        def rule(class_scores: bool = False) -> dict[str, Any]:
+            if quantized_target:
+                return quantized_default(precision, class_scores)
+            return scaled_default(noise, class_scores)
+
+        defaults = {**(rule() if scaled else explicit), **for_all}
         per_output: dict[str, dict[str, Any]] = {}
         for field_name, by_output in self.values.items():
             for output, value in by_output.items():
@@ -217,8 +248,7 @@ class ToleranceRequest:
             for overrides in per_output.values():
                 if any(name in overrides for name in _SIMPLE_FIELDS):
                     overrides.update({**unscaled, **overrides})
-            top1 = {**scaled_default(noise, class_scores=True),
-                    "min_magnitude": SMALLEST_NORMAL.get(precision)}
+            top1 = {**rule(class_scores=True), "min_magnitude": SMALLEST_NORMAL.get(precision)}
             for name in class_scores:
                 overrides = per_output.setdefault(name, {})
                 if not any(field in overrides for field in _SIMPLE_FIELDS):

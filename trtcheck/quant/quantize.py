@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,7 +231,13 @@ def _insert_qdq(prepared: Path, ranges, nodes: list[str] | None,
 
     proto = load_model_with_shape_infer(prepared)
     if settings.precision == "fp8":
-        proto = update_opset_version(proto, QuantType.QFLOAT8E4M3FN)  # float8 Q/DQ: opset 19
+        # float8 Q/DQ need opset 19; ONNX Runtime says so on the root logger, a warning meant
+        # for its own users that trtcheck's would read as a problem with their model.
+        logging.disable(logging.WARNING)
+        try:
+            proto = update_opset_version(proto, QuantType.QFLOAT8E4M3FN)
+        finally:
+            logging.disable(logging.NOTSET)
     set_aside = _set_aside_colliding(proto.graph)
     options = _extra_options(proto)
     options["AddQDQPairToWeight"] = settings.precision == "fp8"
@@ -239,6 +246,11 @@ def _insert_qdq(prepared: Path, ranges, nodes: list[str] | None,
                              list(settings.exclude), list(QUANTIZED_OP_TYPES), options)
     quantized = quantizer.quantize_model()
     _restore_names(quantized.graph, set_aside)
+    # The quantizer appends its Q/DQ nodes at the end: ONNX Runtime sorts them itself, but
+    # onnx.checker, and TensorRT's parser, need the nodes in topological order.
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    ONNXModel(quantized).topological_sort()
     return quantized
 
 
@@ -380,9 +392,10 @@ def quantized_model_path(model: LoadedModel, settings: QuantSettings,
     path = Path(work_dir) / f"{model.path.stem}.{settings.precision}.{key}.onnx"
     if path.is_file():
         return path
-    from trtcheck.atomic import fits_in_protobuf, save_onnx
+    from trtcheck.atomic import fits_in_protobuf, prepare_work_folder, save_onnx
 
     quantized = quantize_model(model, settings, calibration, amax)
+    prepare_work_folder(path.parent)
     save_onnx(quantized, path, external_data=not fits_in_protobuf(quantized))
     return path
 
