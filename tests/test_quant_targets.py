@@ -193,3 +193,26 @@ def _saved(tmp_path: Path, proto: onnx.ModelProto) -> Path:
     path = tmp_path / "fp32.onnx"
     onnx.save(proto, str(path))
     return path
+
+
+def test_layers_rank_the_planted_fault_first_in_terminal_json_and_html(trtcheck_cli, save_model,
+                                                                      tmp_path):
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parents[1] / "trtcheck" / "report" /
+                         "compare.schema.json").read_text())
+    path = save_model(channel_outlier_cnn(), "outlier.onnx")
+    run = trtcheck_cli("compare", path, "--target", "onnxrt-int8", "--calibration-data",
+                       _calibration_folder(tmp_path), "--layers", "--json", "r.json",
+                       "--report", "r.html")
+    assert run.code == 1, run.stdout + run.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, schema)
+    assert report["layers"][0]["node"] == "trunk/conv2"
+    assert float(report["layers"][0]["sqnr_db_isolated"]) < 10
+    assert "layer-wise quantization error" in run.stdout
+    html = (tmp_path / "r.html").read_text()
+    assert "Quantized layers" in html and "<svg" in html
+    # A float target has no quantized layers to rank.
+    run = trtcheck_cli("compare", path, "--target", "onnxrt-fp16", "--layers")
+    assert run.code == 2 and "--layers measures the layers of a Q/DQ target" in run.stderr

@@ -298,6 +298,9 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     quant.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
                        default="minmax", help="how activation ranges are calibrated (default "
                                               "minmax)")
+    quant.add_argument("--layers", action="store_true",
+                       help="rank the quantized layers by their error (SQNR, cosine), "
+                            "accumulated and isolated")
     quant.add_argument("--target-model", type=Path, metavar="QDQ.onnx",
                        help="the target runs this model (quantized elsewhere: ModelOpt, ONNX "
                             "Runtime, QAT) against the reference's run of MODEL")
@@ -585,6 +588,7 @@ def request_from_args(args: argparse.Namespace):
         save_inputs=args.save_inputs,
         quant=QuantRequest(args.calibration_data, args.calibration_cache,
                            args.calibration_method, args.target_model),
+        layers=args.layers,
     )
 
 
@@ -657,6 +661,10 @@ def _run_compare(args: argparse.Namespace) -> int:
             soft_wrap=True)
         # soft_wrap keeps the command on one line so it can be copied as it is.
         console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
+        if result.layers is not None:
+            from trtcheck.report.quant_report import LayerwiseView
+
+            console.print(LayerwiseView(result.layers, limit=None if args.verbose else 20))
     except TrtcheckError as err:
         from trtcheck.report.json_report import error_to_dict
 

@@ -23,7 +23,7 @@ from trtcheck.backends import (
 )
 from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.detections import DetectionSpec, check_specs
-from trtcheck.errors import ModelError
+from trtcheck.errors import ModelError, UsageError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
 from trtcheck.model import LoadedModel, check_model_file, load_model, sha256_of
@@ -59,6 +59,8 @@ class CompareRequest:
     detections: tuple[DetectionSpec, ...] = ()
     # int8/fp8 targets: how the Q/DQ model is made, or the user's own (`--target-model`).
     quant: QuantRequest = field(default_factory=QuantRequest)
+    # With a Q/DQ target: measure each quantized layer's error (`quant.layerwise`).
+    layers: bool = False
 
 
 @dataclass
@@ -86,6 +88,8 @@ class ComparisonResult:
     polygraphy_note: str | None = None
     # Both runs, for goldens and --save-outputs; never serialised into reports.
     run_results: Any = None
+    # Each quantized layer's error, worst first (`quant.layerwise.LayerError`), when asked for.
+    layers: list[Any] | None = None
     # The model file's sha256, computed when a report or golden first asks for it (hashing a
     # large model costs about as much as loading it): see `model_sha256`.
     model_hash: Callable[[], str] | None = field(default=None, repr=False)
@@ -313,6 +317,9 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
             target_model, notes = quantized_target(model, target, request.quant,
                                                    request.inputs, options.work_dir)
         target_note = "; ".join(filter(None, [target_note, *notes])) or None
+    if request.layers and quantized_type(target_model.proto) is None:
+        raise UsageError("--layers measures the layers of a Q/DQ target: pick an int8/fp8 "
+                         "target or give --target-model QDQ.onnx")
     if request.passes:
         with step(f"graph passes: {', '.join(request.passes)}"):
             target_model, passes = _fixed_model(target_model, list(request.passes), feeds,
@@ -341,6 +348,9 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                            request.detections)
     timings["compare"] = time.perf_counter() - start
 
+    layers = None
+    if request.layers:
+        layers = _layer_errors(model, target_model, feeds)
     if request.save_outputs is not None:
         write_atomically(request.save_outputs, lambda path: run_results.save(path))
     if request.save_inputs is not None:
@@ -389,7 +399,17 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         outputs=outputs, timings=timings, polygraphy_command=command,
         trtcheck_command=repeat, passes=passes, run_results=run_results,
         tensorrt_support=support, tensorrt_support_error=support_error, polygraphy_note=note,
+        layers=layers,
     )
+
+
+def _layer_errors(model: LoadedModel, target_model: LoadedModel, feeds: Feeds) -> list[Any]:
+    """Each quantized layer's error (`quant.layerwise`), in a child process as every run is."""
+    from trtcheck.quant.layerwise import layerwise_error
+
+    with step("measuring each quantized layer's error (accumulated and isolated)"):
+        return isolation.call(layerwise_error, model, target_model, list(feeds.iterations),
+                              what="layer-wise quantization error")
 
 
 @dataclass

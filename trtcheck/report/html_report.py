@@ -116,6 +116,17 @@ def _plots(document: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+def _layers(layers: list[dict[str, Any]]) -> str:
+    """The quantized layers: SQNR along the graph, then the worst of them as a table."""
+    rows = [[_e(row["node"]), _e(row["op"]), fmt(row["sqnr_db_isolated"]),
+             fmt(row["cosine_isolated"]), fmt(row["sqnr_db_accumulated"]),
+             fmt(row["cosine_accumulated"])] for row in layers[:20]]
+    return ("<h3>Quantized layers</h3>"
+            f'<div class="plots">{plots.layerwise_sqnr(layers, "quantized layers")}</div>'
+            + _table(["layer", "op", "SQNR isolated (dB)", "cosine isolated",
+                      "SQNR accumulated (dB)", "cosine accumulated"], rows, left=2))
+
+
 def _bisect(bisect: dict[str, Any]) -> str:
     culprit = bisect["culprit"]
     local = {True: "local", False: "inherited", None: "could not be run alone"}[culprit["local"]]
@@ -196,6 +207,7 @@ def _section(document: dict[str, Any], title: str, extra: dict[str, Any]) -> str
         golden_line, _tensorrt_support(document), _outputs(document),
         f"<ul>{notes}</ul>" if notes else "",
         _plots(document),
+        _layers(document["layers"]) if document.get("layers") else "",
         _bisect(document["bisect"]) if document.get("bisect") else "",
         (f'<div class="box fail">bisect failed: {_e(document["bisect_error"])}; the verdict '
          'above stands</div>') if document.get("bisect_error") else "",

@@ -92,6 +92,12 @@ def _detections(match: DetectionMatch) -> dict[str, Any]:
     }
 
 
+def _layers(rows: list[Any]) -> list[dict[str, Any]]:
+    from trtcheck.quant.layerwise import layer_errors_to_dict
+
+    return layer_errors_to_dict(rows)
+
+
 def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
     return {
         "schema": SCHEMA,
@@ -101,6 +107,7 @@ def result_to_dict(result: ComparisonResult) -> dict[str, Any]:
         "model": {"path": result.model_path, "sha256": result.model_sha256},
         "outputs": [output_to_dict(diff) for diff in result.outputs],
         "hints": result.hints,
+        **({} if result.layers is None else {"layers": _layers(result.layers)}),
         "passes": [] if result.passes is None else [
             {"name": o.name, "status": o.status, "message": o.message,
              "nodes_before": sum(o.nodes_before.values()),
