@@ -216,3 +216,27 @@ def test_layers_rank_the_planted_fault_first_in_terminal_json_and_html(trtcheck_
     # A float target has no quantized layers to rank.
     run = trtcheck_cli("compare", path, "--target", "onnxrt-fp16", "--layers")
     assert run.code == 2 and "--layers measures the layers of a Q/DQ target" in run.stderr
+
+
+def test_quantize_and_calibration_cache_commands_round_trip(trtcheck_cli, save_model, tmp_path):
+    path = save_model(cnn(), "cnn.onnx")
+    calibration = _calibration_folder(tmp_path)
+    run = trtcheck_cli("quantize", path, "-o", "q.onnx", "--calibration-data", calibration)
+    assert run.code == 0 and "wrote q.onnx: int8" in run.stdout, run.stderr
+    assert run.stderr == ""  # real calibration data: nothing to warn about, no library noise
+    run = trtcheck_cli("calibration-cache", "q.onnx", "-o", "q.cache", "--trt-version", "10.8.0")
+    assert run.code == 0, run.stderr
+    text = (tmp_path / "q.cache").read_text().splitlines()
+    assert text[0] == "TRT-100800-EntropyCalibration2" and len(text) == 4
+    run = trtcheck_cli("quantize", path, "-o", "from-cache.onnx", "--calibration-cache",
+                       "q.cache")
+    assert run.code == 0, run.stderr
+    assert cache_from_qdq(onnx.load(str(tmp_path / "from-cache.onnx"))).scales == \
+        cache_from_qdq(onnx.load(str(tmp_path / "q.onnx"))).scales
+    # An fp32 model has no scales to write; a cache line that is not one is file:line.
+    run = trtcheck_cli("calibration-cache", path, "-o", "c.cache")
+    assert run.code == 2 and "no per-tensor int8 activation QuantizeLinear" in run.stderr
+    (tmp_path / "bad.cache").write_text("TRT-100800-EntropyCalibration2\nimage 3c00\n")
+    run = trtcheck_cli("quantize", path, "-o", "x.onnx", "--calibration-cache", "bad.cache")
+    assert run.code == 2 and "bad.cache:2:" in run.stderr
+    assert not (tmp_path / "x.onnx").exists()

@@ -214,6 +214,25 @@ def _add_audit_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
+def _add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="the fp32 ONNX model to quantize")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="QDQ.onnx",
+                        help="where to write the Q/DQ model")
+    parser.add_argument("--precision", choices=("int8", "fp8"), default="int8",
+                        help="int8 (default) or fp8 (float8 e4m3)")
+    parser.add_argument("--calibration-data", type=Path, metavar="PATH",
+                        help="a folder of .npz files (one feed each) or a Polygraphy inputs "
+                             "JSON (default: synthetic feeds, with a warning)")
+    parser.add_argument("--calibration-cache", type=Path, metavar="FILE",
+                        help="take the scales of a TensorRT calibration cache instead")
+    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
+                        default="minmax", help="how activation ranges are calibrated")
+    parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="NODE",
+                        help="nodes left unquantized (bisect's INT8 fix proposes them)")
+    _add_input_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
 def _add_fix_arguments(parser: argparse.ArgumentParser) -> None:
     from trtcheck.passes import PASSES
     from trtcheck.passes.pipeline import DEFAULT_RTOL
@@ -500,6 +519,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "(inf/nan in the target, an overflow in the range audit, a collapsed "
                     "cosine), so nothing is proposed, 2 usage or input error, 3 could not run.",
         populate=_add_tolerances_arguments)
+    commands.add_parser(
+        "quantize", help="write the Q/DQ model an int8/fp8 target runs (calibrated, or from a "
+                         "TensorRT calibration cache)",
+        description="Exit codes: 0 written, 2 usage or input error, 3 could not run.",
+        populate=_add_quantize_arguments)
+    cache = commands.add_parser(
+        "calibration-cache", help="write a TensorRT calibration cache from a Q/DQ model's int8 "
+                                  "activation scales",
+        description="Exit codes: 0 written, 2 usage or input error.")
+    cache.add_argument("model", type=Path, help="the Q/DQ model")
+    cache.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
+                       help="where to write the cache")
+    cache.add_argument("--trt-version", metavar="X.Y.Z",
+                       help="the TensorRT version that will read it (its header names it; "
+                            "TensorRT skips a cache of another version); default: installed, "
+                            "else 10.3.0")
+    cache.add_argument("--verbose", action="store_true", help="show tracebacks")
     lint = commands.add_parser(
         "lint", help="report what TensorRT's ONNX parser will reject, without TensorRT",
         description="Exit codes: 0 no errors (warnings may be shown), 1 errors found (or "
@@ -789,6 +825,45 @@ def run_fix(args: argparse.Namespace) -> int:
     return EXIT_PASS if result.pipeline.clean else EXIT_MISMATCH
 
 
+def run_quantize(args: argparse.Namespace) -> int:
+    from trtcheck.atomic import fits_in_protobuf, save_onnx
+    from trtcheck.model import load_model
+    from trtcheck.quant.quantize import QuantSettings, quantize_model
+    from trtcheck.quant.target import QuantRequest, calibration_source
+    from trtcheck.run import quiet_polygraphy
+
+    model = load_model(args.model)
+    request = QuantRequest(args.calibration_data, args.calibration_cache, args.calibration_method)
+    request.check()
+    with quiet_polygraphy(args.verbose):
+        calibration, amax, notes = calibration_source(model, request,
+                                                      input_settings_from_args(args))
+        for note in notes:
+            _warn(note)
+        settings = QuantSettings(args.precision, args.calibration_method,
+                                 exclude=tuple(args.exclude))
+        quantized = quantize_model(model, settings, calibration, amax)
+    save_onnx(quantized, args.output, external_data=not fits_in_protobuf(quantized))
+    quantized_nodes = sum(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+    print(f"wrote {args.output}: {args.precision}, {quantized_nodes} QuantizeLinear node(s)")
+    return EXIT_PASS
+
+
+def run_calibration_cache(args: argparse.Namespace) -> int:
+    from trtcheck.backends import tensorrt_version
+    from trtcheck.model import load_model
+    from trtcheck.quant.trt_cache import DEFAULT_HEADER, cache_from_qdq, header_for, write_cache
+
+    version = args.trt_version or tensorrt_version()
+    header = header_for(version) if version else DEFAULT_HEADER
+    cache = cache_from_qdq(load_model(args.model).proto, header=header)
+    for note in cache.notes:
+        _warn(note)
+    write_cache(args.output, cache)
+    print(f"wrote {args.output}: {len(cache.scales)} tensor scale(s), header {cache.header}")
+    return EXIT_PASS
+
+
 def run_lint(args: argparse.Namespace) -> int:
     from trtcheck.backends import tensorrt_version
     from trtcheck.lint import lint_model
@@ -819,10 +894,10 @@ def check_outputs(args: argparse.Namespace) -> None:
     from trtcheck import atomic
 
     inputs = [args.model, getattr(args, "inputs", None)]
-    files = [("--json", args.json), ("--report", getattr(args, "report", None)),
+    files = [("--json", getattr(args, "json", None)), ("--report", getattr(args, "report", None)),
              ("--save-outputs", getattr(args, "save_outputs", None)),
              ("--save-inputs", getattr(args, "save_inputs", None))]
-    if args.command == "fix":
+    if args.command in ("fix", "quantize", "calibration-cache"):
         files.insert(0, ("-o", args.output))
     for flag, path in files:
         atomic.check_output_path(flag, path, inputs)
@@ -838,7 +913,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns its exit code (see `trtcheck.errors`), never raises for one."""
     args = build_parser().parse_args(argv)
     commands = {"compare": run_compare, "bisect": run_compare, "audit": run_audit,
-                "fix": run_fix, "lint": run_lint, "tolerances": run_tolerances}
+                "fix": run_fix, "lint": run_lint, "tolerances": run_tolerances,
+                "quantize": run_quantize, "calibration-cache": run_calibration_cache}
     try:
         if args.command == "report":
             return run_report(args)

@@ -43,7 +43,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -217,21 +217,9 @@ def _builder(qdq: LoadedModel, ranked: list[LayerError],
     def build(layers: tuple[int, ...]) -> onnx.ModelProto:
         if requantize is None:
             return remove_quantization(qdq.proto, [ranked[k].node for k in layers])
-        return _sorted(requantize(tuple(ranked[k].fp32_node for k in layers)))
+        return requantize(tuple(ranked[k].fp32_node for k in layers))
 
     return build
-
-
-def _sorted(model: onnx.ModelProto) -> onnx.ModelProto:
-    """`model` sorted in place into topological order.
-
-    ONNX Runtime's quantizer appends its Q/DQ nodes at the end, which ONNX Runtime accepts but
-    `onnx.checker` (and TensorRT's parser, and `layerwise.float_view`) do not.
-    """
-    from onnxruntime.quantization.onnx_model import ONNXModel
-
-    ONNXModel(model).topological_sort()
-    return model
 
 
 def _check_feeds(fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]]) -> None:
@@ -244,33 +232,14 @@ def _check_feeds(fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]]) -> N
                                  f"'{missing[0]}'; give every input of the fp32 model")
 
 
-def _session(model: onnx.ModelProto, what: str) -> Any:
-    import onnxruntime
-
-    from trtcheck.atomic import session_file
-    from trtcheck.quant.quantize import ORT_FP8_DISABLED_OPTIMIZERS
-    from trtcheck.run import first_line
-
-    onnxruntime.set_default_logger_severity(3)
-    options = onnxruntime.SessionOptions()
-    # Spinning threads after a run take the cores from the next session's start (2 cores).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        with session_file(model) as source:
-            return onnxruntime.InferenceSession(
-                source, options, providers=["CPUExecutionProvider"],
-                disabled_optimizers=list(ORT_FP8_DISABLED_OPTIMIZERS))
-    except Exception as err:
-        raise BackendRunError(f"onnxrt could not load {what}: {first_line(err)}") from err
-
-
 def _run_model(model: onnx.ModelProto, fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]],
                what: str, marked: Sequence[str] = ()) -> list[Outputs]:
     """Each feed's outputs, keyed by the fp32 model's names (inputs and outputs by position)."""
     from trtcheck.marking import mark_outputs
+    from trtcheck.quant.layerwise import qdq_session
     from trtcheck.run import first_line
 
-    session = _session(mark_outputs(model, marked) if marked else model, what)
+    session = qdq_session(mark_outputs(model, marked) if marked else model, what)
     inputs = [value.name for value in session.get_inputs()]
     outputs = [value.name for value in session.get_outputs()]
     names = [*fp32.output_names, *outputs[len(fp32.output_names):]]

@@ -450,21 +450,27 @@ class _Tally:
         return self.dot / norms if norms > 0 else math.nan
 
 
-def _session(model: onnx.ModelProto, what: str) -> Any:
+def qdq_session(model: onnx.ModelProto, what: str) -> Any:
+    """An ONNX Runtime CPU session of a Q/DQ (or fp32) model, as the quantization tools run it.
+
+    Without `ORT_FP8_DISABLED_OPTIMIZERS` (a rule that drops a Relu before a float8 Q; exact for
+    int8, so always off), and with threads that do not spin after a run: spinning threads take
+    the cores from numpy's statistics between runs (10x slower on ResNet-18 with 2 cores).
+    """
     import onnxruntime
 
     from trtcheck.atomic import session_file
+    from trtcheck.quant.quantize import ORT_FP8_DISABLED_OPTIMIZERS
     from trtcheck.run import first_line
 
     onnxruntime.set_default_logger_severity(3)
     options = onnxruntime.SessionOptions()
-    # Threads that spin after a run take the cores from numpy's statistics between runs (10x
-    # slower on ResNet-18 with 2 cores).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         with session_file(model) as source:
-            return onnxruntime.InferenceSession(source, options,
-                                                providers=["CPUExecutionProvider"])
+            return onnxruntime.InferenceSession(
+                source, options, providers=["CPUExecutionProvider"],
+                disabled_optimizers=list(ORT_FP8_DISABLED_OPTIMIZERS))
     except Exception as err:
         raise BackendRunError(f"onnxrt could not load {what}: {first_line(err)}") from err
 
@@ -511,8 +517,8 @@ def _start(fp32: LoadedModel, qdq: LoadedModel, pairing: Pairing) -> _Runs:
     fp32_marks += [name for tiny in isolated for name in tiny.feeds.values() if name not in inputs]
     qdq_marks = [pairing.qdq.nodes[i].output[0] for i in pairing.layers]
     return _Runs(pairing,
-                 _session(mark_outputs(fp32.proto, fp32_marks), f"{fp32.path} (fp32)"),
-                 _session(mark_outputs(qdq.proto, qdq_marks), f"{qdq.path} (Q/DQ)"),
+                 qdq_session(mark_outputs(fp32.proto, fp32_marks), f"{fp32.path} (fp32)"),
+                 qdq_session(mark_outputs(qdq.proto, qdq_marks), f"{qdq.path} (Q/DQ)"),
                  isolated, [_Tally() for _ in pairing.layers], [_Tally() for _ in pairing.layers])
 
 
@@ -528,7 +534,7 @@ def _add_feed(runs: _Runs, qdq: LoadedModel, feed: dict[str, np.ndarray]) -> Non
         runs.accumulated_tallies[k].add(expected, quantized[node.output[0]], what)
         tiny = runs.isolated[k]
         if k not in runs.tiny_sessions:
-            runs.tiny_sessions[k] = _session(_typed(tiny, reference), f"{what} alone")
+            runs.tiny_sessions[k] = qdq_session(_typed(tiny, reference), f"{what} alone")
         alone = _run(runs.tiny_sessions[k],
                      {name: reference[source] for name, source in tiny.feeds.items()},
                      f"{what} alone")

@@ -58,27 +58,38 @@ def quantized_target(model: LoadedModel, target: Backend, request: QuantRequest,
         return given, []
     from trtcheck.quant.quantize import QuantSettings, quantized_model_path
 
+    calibration, amax, notes = calibration_source(model, request, inputs)
     settings = QuantSettings(target.precision, request.method)
-    notes: list[str] = []
-    calibration, amax = None, None
+    path = quantized_model_path(model, settings, calibration, work_dir, amax=amax)
+    return load_model(path), notes
+
+
+def calibration_source(model: LoadedModel, request: QuantRequest, inputs: InputSettings
+                       ) -> tuple[list[dict] | None, dict[str, float] | None, list[str]]:
+    """Calibration feeds or a cache's amax ranges (one is None), and notes for the user."""
     if request.calibration_cache is not None:
         from trtcheck.quant.trt_cache import check_cache_against_model, read_cache
 
         cache = read_cache(request.calibration_cache)
-        notes += [f"{request.calibration_cache.name}: {warning}"
-                  for warning in check_cache_against_model(cache, model.proto)]
-        amax = cache.amax()
-    elif request.calibration_data is not None:
+        warnings = check_cache_against_model(cache, model.proto)
+        # A cache covers the tensors TensorRT quantized; one line for the rest, not one each.
+        unscaled = [w.split("'")[1] for w in warnings if "has no scale in the cache" in w]
+        notes = [f"{request.calibration_cache.name}: {w}" for w in warnings
+                 if "has no scale in the cache" not in w]
+        if unscaled:
+            shown = ", ".join(unscaled[:5]) + (f" and {len(unscaled) - 5} more"
+                                               if len(unscaled) > 5 else "")
+            notes.append(f"{request.calibration_cache.name}: {len(unscaled)} activation(s) have "
+                         f"no scale in the cache ({shown}); the nodes reading them stay in float")
+        return None, cache.amax(), notes
+    if request.calibration_data is not None:
         from trtcheck.quant.calibration_data import load_calibration_set
 
-        calibration = load_calibration_set(request.calibration_data, model)
-    else:
-        from trtcheck.quant.calibration_data import synthetic_calibration_set
+        return load_calibration_set(request.calibration_data, model), None, []
+    from trtcheck.quant.calibration_data import synthetic_calibration_set
 
-        calibration, warning = synthetic_calibration_set(model, inputs)
-        notes.append(warning)
-    path = quantized_model_path(model, settings, calibration, work_dir, amax=amax)
-    return load_model(path), notes
+    calibration, warning = synthetic_calibration_set(model, inputs)
+    return calibration, None, [warning]
 
 
 def check_target_model(reference: LoadedModel, target: LoadedModel) -> None:
