@@ -240,3 +240,41 @@ def test_quantize_and_calibration_cache_commands_round_trip(trtcheck_cli, save_m
     run = trtcheck_cli("quantize", path, "-o", "x.onnx", "--calibration-cache", "bad.cache")
     assert run.code == 2 and "bad.cache:2:" in run.stderr
     assert not (tmp_path / "x.onnx").exists()
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["quantized-here", "target-model"])
+def test_bisect_on_int8_finds_the_layer_to_leave_unquantized_and_verifies_it(
+        trtcheck_cli, save_model, tmp_path, given):
+    path = save_model(channel_outlier_cnn(), "outlier.onnx")
+    calibration = _calibration_folder(tmp_path)
+    if given:  # a user's Q/DQ model: the fix removes Q/DQ from it
+        qdq = tmp_path / "user-qdq.onnx"
+        onnx.save(quantize_model(load_model(path), QuantSettings("int8"),
+                                 calibration=_feeds()), str(qdq))
+        source = ["--target-model", str(qdq), "--target", "onnxrt-int8"]
+    else:
+        source = ["--target", "onnxrt-int8", "--calibration-data", str(calibration)]
+    run = trtcheck_cli("bisect", path, *source, "--json", "r.json", "--repro", "repro")
+    assert run.code == 1, run.stdout + run.stderr
+    bisect = json.loads((tmp_path / "r.json").read_text())["bisect"]
+    fix = bisect["precision_fix"]
+    assert bisect["mode"] == "quantized" and bisect["culprit"]["node"] == "trunk/conv2"
+    assert fix["verified"] and fix["keep_fp32"] == ["trunk/conv2"]
+    assert fix["exclude_lists"] == {"onnxruntime": ["trunk/conv2"],
+                                    "modelopt": ["trunk/conv2$"]}
+    # The explanation names the conv pair and the activation between them.
+    (why,) = bisect["explanation"]
+    assert all(name in why for name in ("trunk/conv2", "trunk/r1", "trunk/conv1"))
+    assert "channel 0" in why
+    # The fixed model in the repro folder passes, checked as its README says.
+    fixed = tmp_path / "repro" / "model.int8.excluded.onnx"
+    assert "--target-model" in (tmp_path / "repro" / "README.md").read_text()
+    check = trtcheck_cli("compare", path, "--target-model", fixed, "--target", "onnxrt-int8")
+    assert check.code == 0, check.stdout + check.stderr
+    onnx.checker.check_model(str(fixed), full_check=True)
+
+
+def test_bisect_on_a_passing_int8_target_has_nothing_to_fix(trtcheck_cli, save_model, tmp_path):
+    run = trtcheck_cli("bisect", save_model(cnn()), "--target", "onnxrt-int8",
+                       "--calibration-data", _calibration_folder(tmp_path))
+    assert run.code == 0, run.stdout + run.stderr

@@ -770,6 +770,14 @@ def _bisect(args: argparse.Namespace, result, console):
 
     repro = args.repro or _default_repro(args, result.target.name)
     repro.mkdir(parents=True, exist_ok=True)
+    if result.target.quantized and result.target_model_path is not None:
+        from trtcheck.quant.bisect import localize_quantized
+
+        with quiet_polygraphy(args.verbose), display(console):
+            localization, layers = localize_quantized(result, request_from_args(args), repro)
+        result.layers = result.layers if result.layers is not None else layers
+        console.print(BisectView(localization), crop=False)
+        return localization
     with quiet_polygraphy(args.verbose), display(console):
         localization = localize_comparison(result, repro_dir=repro,
                                            fix_precision=not args.no_precision_fix,

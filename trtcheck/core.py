@@ -90,6 +90,8 @@ class ComparisonResult:
     run_results: Any = None
     # Each quantized layer's error, worst first (`quant.layerwise.LayerError`), when asked for.
     layers: list[Any] | None = None
+    # The model the target ran when it is not the reference's (Q/DQ, or after graph passes).
+    target_model_path: str | None = None
     # The model file's sha256, computed when a report or golden first asks for it (hashing a
     # large model costs about as much as loading it): see `model_sha256`.
     model_hash: Callable[[], str] | None = field(default=None, repr=False)
@@ -127,6 +129,9 @@ class ComparisonResult:
         """What to try next, for failures whose likely cause is known."""
         if self.verdict == "pass":
             return []
+        if self.target_model_path is not None and self.layers is None and self.target.quantized:
+            return ["--bisect (or `trtcheck bisect`) ranks the quantized layers and finds the "
+                    "few to leave unquantized, verified; --layers shows the ranking"]
         hints = ["--bisect (or `trtcheck bisect`) finds the node where the divergence starts, "
                  "says why, and proposes nodes to keep in fp32"]
         overflowed = [diff.name for diff in self.outputs if diff.nonfinite_mismatches]
@@ -400,6 +405,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         trtcheck_command=repeat, passes=passes, run_results=run_results,
         tensorrt_support=support, tensorrt_support_error=support_error, polygraphy_note=note,
         layers=layers,
+        target_model_path=None if target_model is model else str(target_model.path),
     )
 
 

@@ -34,6 +34,9 @@ class PrecisionFix:
     trt11_model: str | None = None
     # When not verified: one line saying what still fails and by how much.
     remaining: str | None = None
+    # For a quantized target, the same nodes as the quantizers' exclude lists, by quantizer
+    # ("onnxruntime", "modelopt"): `keep_fp32` then means "leave unquantized".
+    exclude_lists: dict[str, list[str]] | None = None
 
 
 @dataclass

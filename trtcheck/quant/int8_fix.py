@@ -94,6 +94,8 @@ class Int8Fix:
     ort_nodes_to_exclude: list[str]  # onnxruntime.quantization quantize_static(nodes_to_exclude=)
     modelopt_nodes_to_exclude: list[str]  # ModelOpt's nodes_to_exclude: anchored, escaped names
     model: onnx.ModelProto | None = field(default=None, repr=False)
+    # The quantized layers ranked by isolated error, when the search ranked them.
+    layers: tuple[LayerError, ...] = ()
 
 
 @dataclass
@@ -181,7 +183,7 @@ def find_int8_fix(fp32: LoadedModel, qdq: LoadedModel, feeds: Sequence[dict[str,
     names = [node.node for node in excluded]
     return Int8Fix(excluded, verified, search.runs, time.perf_counter() - started, before,
                    result.cosines, names, [re.escape(name) + _MODELOPT_END for name in names],
-                   result.model)
+                   result.model, tuple(ranked))
 
 
 def _grow(search: _Search) -> tuple[int, ...] | None:

@@ -10,7 +10,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.text import Text
 
 from trtcheck.debug.audit import RangeFinding
-from trtcheck.debug.results import Localization, TracePoint
+from trtcheck.debug.results import Localization, PrecisionFix, TracePoint
 from trtcheck.report.numbers import fmt
 from trtcheck.report.widths import Cell, fitted_table, stacked_rows
 
@@ -54,15 +54,17 @@ class BisectView:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         r = self.result
-        how = (f"every tensor judged, in {r.batches} batch(es)" if r.mode == "exact" else
-               "a few tensors marked per run")
+        how = {"exact": f"every tensor judged, in {r.batches} batch(es)",
+               "search": "a few tensors marked per run",
+               "quantized": "quantized layers ranked by their isolated error"}[r.mode]
         parts: list[Any] = [Text(f"bisect {r.output}: {r.target_runs} target run(s), {how}, "
                                  f"{r.probe_points} tensors", style="bold")]
         local = {True: "local", False: "inherited", None: "could not be run alone"}[r.local]
+        alone = (f"alone with its own Q/DQ: cosine {fmt(1 - r.local_error)}"
+                 if r.mode == "quantized" and r.local_error is not None else
+                 f"alone on the target: error {fmt(r.local_error)} relative")
         parts.append(Text(f"culprit: {r.culprit_node or '(unnamed)'} ({r.culprit_op}) -> "
-                          f"{r.culprit_tensor}  [{local}; alone on the target: error "
-                          f"{fmt(r.local_error)} relative]",
-                          style="red bold"))
+                          f"{r.culprit_tensor}  [{local}; {alone}]", style="red bold"))
         parts += [Text(f"  why: {line}") for line in r.explanation]
         parts.append(Text(f"  criterion: {r.criterion}", style="dim"))
         parts.append(Text(f"  {r.note}", style="dim"))
@@ -77,14 +79,17 @@ class BisectView:
             rows.append([str(point.index), point.node, point.op, point.tensor,
                          fmt(point.max_abs_error), fmt(point.tolerance),
                          fmt(point.max_abs_reference), verdict])
-        parts += _trace_rows(rows, options.max_width)
+        if rows:
+            parts += _trace_rows(rows, options.max_width)
         fix = r.precision_fix
         if fix is not None and r.tensorrt_blocked:
             # A plan for an engine that cannot be built: said before the plan, not after it.
             parts.append(Text(f"TensorRT cannot parse this model, so the precision fix below "
                               f"holds for the emulated target only: {r.tensorrt_blocked}",
                               style="red bold"))
-        if fix is not None:
+        if fix is not None and fix.exclude_lists is not None:
+            parts += _unquantized(fix)
+        elif fix is not None:
             state = f"verified in {fix.rounds} round(s)" if fix.verified else "NOT verified"
             scope = " on the emulated target only" if r.tensorrt_blocked else ""
             parts.append(Text(f"precision fix{scope}: keep {', '.join(fix.keep_fp32)} in fp32 "
@@ -103,6 +108,23 @@ class BisectView:
         if r.repro_dir:
             parts.append(Text(f"repro: {r.repro_dir} (README.md holds the commands)"))
         yield Group(*parts)
+
+
+def _unquantized(fix: PrecisionFix) -> list[Any]:
+    """A quantized target's fix: the nodes to leave unquantized, as each quantizer takes them."""
+    state = "verified" if fix.verified else "NOT verified"
+    parts: list[Any] = [Text(f"INT8 fix: leave {', '.join(fix.keep_fp32)} unquantized ({state}, "
+                             f"{fix.target_runs} run(s))",
+                             style="green" if fix.verified else "yellow")]
+    if fix.remaining:
+        parts.append(Text(f"  {fix.remaining}", style="yellow"))
+    for quantizer, names in (fix.exclude_lists or {}).items():
+        parts.append(Text(f"  {quantizer} nodes_to_exclude: {names!r}", no_wrap=True,
+                          overflow="ignore"))
+    if fix.trt11_model:
+        parts.append(Text(f"  TensorRT (10 or 11, strongly typed): {fix.trt11_model}",
+                          no_wrap=True, overflow="ignore"))
+    return parts
 
 
 def _finding(finding: RangeFinding) -> dict[str, Any]:

@@ -154,7 +154,15 @@ def _bisect(bisect: dict[str, Any]) -> str:
         parts.append(f'<div class="box fail"><b>TensorRT cannot parse this model, so the '
                      f'precision fix below holds for the emulated target only:</b> '
                      f'{_e(bisect["tensorrt_blocked"])}</div>')
-    if fix:
+    if fix and fix.get("exclude_lists") is not None:
+        state = "verified" if fix["verified"] else f'not verified: {fix.get("remaining")}'
+        lists = "\n".join(f"{_e(q)} nodes_to_exclude: {_e(repr(names))}"
+                          for q, names in fix["exclude_lists"].items())
+        parts.append(f'<div class="box ok"><b>INT8 fix ({state}):</b> leave '
+                     f'{_e(", ".join(fix["keep_fp32"]))} unquantized<pre>{lists}'
+                     + (f'\nTensorRT, strongly typed: {_e(fix["trt11_model"])}'
+                        if fix["trt11_model"] else "") + "</pre></div>")
+    elif fix:
         state = "verified" if fix["verified"] else f'not verified: {fix.get("remaining")}'
         parts.append(f'<div class="box ok"><b>precision fix ({state}):</b> keep '
                      f'{_e(", ".join(fix["keep_fp32"]))} in fp32<pre>--keep-fp32 '
