@@ -155,7 +155,10 @@ def _node_findings(node: gs.Node, graph: gs.Graph, table: dict[str, Any], opset:
             findings.append(Finding(name, op, f"input type uint8: TensorRT {version} takes uint8 "
                                               "only as a network input or output (or into a "
                                               "Cast), not into " + op))
-        elif table_type is not None and table_type not in entry["types"]:
+        elif table_type is not None and table_type not in entry["types"] and not (
+                op == "DequantizeLinear" and table_type == "INT32"):
+            # An int32 DequantizeLinear is a quantized bias: `quant.qdq_lint` reports it, as an
+            # error with its fix.
             findings.append(Finding(name, op, f"input type {dtype} is not among the types "
                                               f"TensorRT {version} lists for {op} "
                                               f"({', '.join(entry['types'])})", WARNING))
