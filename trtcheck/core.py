@@ -478,6 +478,8 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
         detections=case.detections,
         options=BackendOptions(providers=target.providers, tf32=target.tf32,
                                keep_fp32=target.keep_fp32, work_dir=work_dir),
+        # Only int8/fp8 targets run a Q/DQ model; the case's other targets run its own model.
+        quant=case.quant if target.quantized else QuantRequest(),
     )
     from trtcheck.isolation import isolation
 
@@ -493,4 +495,16 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     if result.passes is not None:
         notes += [f"pass {o.name}: {o.status}" + (f" ({o.message})" if o.message else "")
                   for o in result.passes.outcomes if o.status not in ("changed", "unchanged")]
+    notes += _target_notes(case, target, result)
     return CaseOutcome(case, target, result, golden_check, notes)
+
+
+def _target_notes(case: Case, target: TargetSpec, result: ComparisonResult) -> list[str]:
+    """What the CLI prints about the target's model (its calibration), worded for a suite."""
+    if target.quantized and case.calibrates_on_synthetic_feeds:
+        # The CLI's warning names its flag; a suite sets a key.
+        return [f"{target.name}: calibrated on synthetic feeds, so its int8/fp8 scales follow "
+                "random data and the comparison says little about real inputs; give the case "
+                "calibration = \"FOLDER_OF_NPZ\" (or a Polygraphy inputs .json), "
+                "calibration_cache or target_model"]
+    return [f"{target.name}: {result.target_note}"] if result.target_note else []

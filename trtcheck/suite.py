@@ -26,6 +26,8 @@ from trtcheck.inputs import (
     InputSettings,
     ValueRange,
 )
+from trtcheck.quant.quantize import METHODS
+from trtcheck.quant.target import QuantRequest
 from trtcheck.tolerance import ERROR_STATS, ToleranceRequest, check_tolerance_value
 
 if TYPE_CHECKING:
@@ -42,10 +44,15 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _TOP_KEYS = {"suite", "targets", "defaults", "case"}
 _SUITE_KEYS = {"name", "description", "timeout"}
 _TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
-_DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target"}
+# Where an int8/fp8 target's Q/DQ model comes from (`QuantRequest`); the first three are
+# its source, of which a table gives one: a case's source replaces the defaults'.
+_QUANT_SOURCES = ("calibration", "calibration_cache", "target_model")
+_QUANT_KEYS = {*_QUANT_SOURCES, "calibration_method"}
+_DEFAULT_KEYS = {"reference", "targets", "inputs", "tolerance", "tolerance_by_target",
+                 *_QUANT_KEYS}
 _CASE_KEYS = {"name", "description", "model", "model_sha256", "inputs", "passes", "targets",
               "reference", "tolerance", "tolerance_by_target", "expected_failure", "golden",
-              "markers", "timeout", "wheel_sha256", "detections"}
+              "markers", "timeout", "wheel_sha256", "detections", *_QUANT_KEYS}
 _INPUT_KEYS = {"shapes", "ranges", "float_range", "seed", "recorded", "generators"}
 _TOLERANCE_FIELDS = {"atol", "rtol", "check_error_stat", "error_quantile", "min_cosine",
                      "min_snr", "min_agreement"}
@@ -82,6 +89,11 @@ class TargetSpec:
     @property
     def family(self) -> str:
         return BACKENDS[self.backend].family
+
+    @property
+    def quantized(self) -> bool:
+        """int8/fp8: runs the case's Q/DQ model (`Case.quant`)."""
+        return BACKENDS[self.backend].quantized
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,15 @@ class Case:
     error: str | None = None
     # Outputs compared as detection sets (`[case.detections]` or `[[case.detections]]`).
     detections: tuple[DetectionSpec, ...] = ()
+    # How the case's int8/fp8 targets get their Q/DQ model; other targets run the model itself.
+    quant: QuantRequest = field(default_factory=QuantRequest)
+
+    @property
+    def calibrates_on_synthetic_feeds(self) -> bool:
+        """No calibration set, cache or Q/DQ model: int8/fp8 scales would follow random data."""
+        quant = self.quant
+        return quant.calibration_data is None and quant.calibration_cache is None and \
+            quant.target_model is None
 
     def tolerances_for(self, target: TargetSpec) -> ToleranceRequest:
         """The effective tolerances for `target`: the most specific table wins, field by field.
@@ -401,6 +422,71 @@ def _inputs(raw: Any, where: str, suite_dir: Path, base: InputSettings) -> Input
                          float_range_inherited=inherited)
 
 
+def _keyed(message: str, key: str) -> SuiteError:
+    """A `SuiteError` that points at the line of `key`."""
+    error = SuiteError(message)
+    error.key = key
+    return error
+
+
+_QUANT_PATHS = {
+    "calibration": "a folder of .npz files (one feed each, keys = input names) or a Polygraphy "
+                   "inputs .json",
+    "calibration_cache": "a TensorRT calibration cache file",
+    "target_model": "a Q/DQ .onnx model",
+}
+
+
+def _quant_path(value: Any, key: str, where: str, suite_dir: Path) -> Path:
+    path = (suite_dir / _expect(value, str, where, key)).resolve()
+    if not (path.exists() if key == "calibration" else path.is_file()):
+        raise _keyed(f"{where}: {key} {path} does not exist; give {_QUANT_PATHS[key]}, relative "
+                     "to the suite file", key)
+    if key == "calibration" and path.is_file() and path.suffix != ".json":
+        raise _keyed(f"{where}: calibration {path} is neither a folder nor a .json; give "
+                     f"{_QUANT_PATHS[key]}", key)
+    return path
+
+
+def _quant(raw: dict[str, Any], where: str, suite_dir: Path, base: QuantRequest) -> QuantRequest:
+    """The table's int8/fp8 keys over `base` (the defaults'): a source given replaces base's."""
+    given = [key for key in _QUANT_SOURCES if key in raw]
+    if "target_model" in given and len(given) > 1:
+        raise _keyed(f"{where}: target_model is quantized already, so '{given[0]}' has nothing "
+                     "to calibrate; keep one of them", given[0])
+    if len(given) > 1:
+        raise _keyed(f"{where}: give calibration (inputs to calibrate on) or calibration_cache "
+                     "(TensorRT's scales), not both", "calibration_cache")
+    method = base.method
+    if "calibration_method" in raw:
+        method = _expect(raw["calibration_method"], str, where, "calibration_method")
+        if method not in METHODS:
+            raise _keyed(f"{where}: calibration_method '{method}' is not one of "
+                         f"{', '.join(METHODS)}", "calibration_method")
+    if not given:
+        return QuantRequest(base.calibration_data, base.calibration_cache, method,
+                            base.target_model)
+    paths = {key: _quant_path(raw[key], key, where, suite_dir) for key in given}
+    return QuantRequest(paths.get("calibration"), paths.get("calibration_cache"), method,
+                        paths.get("target_model"))
+
+
+def _check_quant(raw: dict[str, Any], quant: QuantRequest, case_targets: tuple[str, ...],
+                 targets: dict[str, TargetSpec], where: str) -> None:
+    """A case's int8/fp8 keys need an int8/fp8 target; fp8 calibrates by min/max only."""
+    quantized = [name for name in case_targets if targets[name].quantized]
+    written = [key for key in raw if key in _QUANT_KEYS]
+    if written and not quantized:
+        raise _keyed(f"{where}: '{written[0]}' is for int8/fp8 targets and none of this case's "
+                     f"targets ({', '.join(case_targets)}) is one; remove it or add an int8/fp8 "
+                     "target", written[0])
+    fp8 = [name for name in quantized if targets[name].precision == "fp8"]
+    if fp8 and quant.method != "minmax" and quant.target_model is None:
+        raise _keyed(f"{where}: calibration_method '{quant.method}' is for int8, and target "
+                     f"'{fp8[0]}' is fp8 (scales amax / 448); set calibration_method = "
+                     "\"minmax\" for this case or drop its fp8 targets", "calibration_method")
+
+
 def _wheel_pins(raw: Any, text: str, where: str) -> tuple[str, ...]:
     if raw is None:
         return ()
@@ -491,7 +577,8 @@ def _detections(raw: Any, where: str) -> tuple[DetectionSpec, ...]:
 
 def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[str, TargetSpec],
           defaults: dict[str, Any], default_layers, default_inputs: InputSettings,
-          default_timeout: float | None = None) -> Case:
+          default_timeout: float | None = None,
+          default_quant: QuantRequest | None = None) -> Case:
     name = raw.get("name") if isinstance(raw, dict) else None
     line = where.line_of(rf"^\s*name\s*=\s*[\"']{re.escape(name)}[\"']") if isinstance(
         name, str) else 0
@@ -520,6 +607,8 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
                                     at, "targets")
         for target in case_targets:
             _check_target_name(target, targets, at, "targets")
+        quant = _quant(raw, at, suite_path.parent, default_quant or QuantRequest())
+        _check_quant(raw, quant, case_targets, targets, at)
         reference = _expect(raw.get("reference", defaults.get("reference", "onnxrt")), str, at,
                             "reference")
         if reference not in BACKENDS:
@@ -558,6 +647,7 @@ def _case(raw: Any, index: int, suite_path: Path, where: _Where, targets: dict[s
             golden_rtol=_number(golden.get("rtol", 1e-5), at, "golden.rtol"),
             markers=_string_list(raw.get("markers", []), at, "markers"),
             detections=_detections(raw.get("detections", []), at),
+            quant=quant,
             timeout=_timeout(raw["timeout"], at, "timeout") if "timeout" in raw else
             default_timeout,
         )
@@ -621,13 +711,15 @@ def load_suite(path: Path) -> Suite:
         default_layers = _tolerance_layers(defaults, at_defaults, targets, "defaults.")
         default_inputs = _inputs(defaults.get("inputs", {}), at_defaults, path.parent,
                                  InputSettings(seed=DEFAULT_SEED))
+        default_quant = _quant(defaults, at_defaults, path.parent, QuantRequest())
     except SuiteError as err:
         raise SuiteError(where.point_at_key(err, defaults_line, defaults_line)) from None
     for target in _string_list(defaults.get("targets", []), at_defaults, "defaults.targets"):
         _check_target_name(target, targets, at_defaults, "defaults.targets")
     cases_raw = _expect(raw.get("case", []), list, str(path), "case")
     cases = tuple(_case(item, index, path, where, targets, defaults, default_layers,
-                        default_inputs, timeout) for index, item in enumerate(cases_raw))
+                        default_inputs, timeout, default_quant)
+                  for index, item in enumerate(cases_raw))
     seen: set[str] = set()
     for case in cases:
         if case.name in seen:

@@ -283,6 +283,7 @@ BUNDLED = {
     "detection_head.onnx": detection_head,
     "lstm_cell.onnx": lstm_cell,
     "cnn_dynamic_batch.onnx": lambda: cnn(seed=4, batch="batch"),
+    "channel_outlier_cnn.onnx": channel_outlier_cnn,
 }
 
 
