@@ -214,19 +214,26 @@ def _add_audit_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
+def _add_calibration_arguments(parser: Any) -> None:
+    """Where an int8/fp8 model's scales come from: compare's and quantize's flags."""
+    parser.add_argument("--calibration-data", type=Path, metavar="PATH",
+                        help="calibrate on these inputs: a folder of .npz files (one feed each) "
+                             "or a Polygraphy inputs JSON (default: synthetic feeds, with a "
+                             "warning)")
+    parser.add_argument("--calibration-cache", type=Path, metavar="FILE",
+                        help="take the scales of a TensorRT calibration cache instead")
+    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
+                        default="minmax", help="how activation ranges are calibrated (default "
+                                               "minmax)")
+
+
 def _add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="the fp32 ONNX model to quantize")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="QDQ.onnx",
                         help="where to write the Q/DQ model")
     parser.add_argument("--precision", choices=("int8", "fp8"), default="int8",
                         help="int8 (default) or fp8 (float8 e4m3)")
-    parser.add_argument("--calibration-data", type=Path, metavar="PATH",
-                        help="a folder of .npz files (one feed each) or a Polygraphy inputs "
-                             "JSON (default: synthetic feeds, with a warning)")
-    parser.add_argument("--calibration-cache", type=Path, metavar="FILE",
-                        help="take the scales of a TensorRT calibration cache instead")
-    parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
-                        default="minmax", help="how activation ranges are calibrated")
+    _add_calibration_arguments(parser)
     parser.add_argument("--exclude", nargs="+", action="extend", default=[], metavar="NODE",
                         help="nodes left unquantized (bisect's INT8 fix proposes them)")
     _add_input_arguments(parser)
@@ -308,15 +315,7 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                               f"command reads its converted model from here; default "
                               f"{DEFAULT_WORK_DIR}); a new, empty or earlier trtcheck work folder")
     quant = parser.add_argument_group("int8 / fp8 targets (explicit Q/DQ)")
-    quant.add_argument("--calibration-data", type=Path, metavar="PATH",
-                       help="calibrate on these inputs: a folder of .npz files (one feed each) "
-                            "or a Polygraphy inputs JSON (default: synthetic feeds, with a "
-                            "warning)")
-    quant.add_argument("--calibration-cache", type=Path, metavar="FILE",
-                       help="take the scales of a TensorRT calibration cache instead")
-    quant.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"),
-                       default="minmax", help="how activation ranges are calibrated (default "
-                                              "minmax)")
+    _add_calibration_arguments(quant)
     quant.add_argument("--layers", action="store_true",
                        help="rank the quantized layers by their error (SQNR, cosine), "
                             "accumulated and isolated")

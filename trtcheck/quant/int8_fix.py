@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trtcheck.errors import BackendRunError, InputDataError, ModelError, UsageError
+from trtcheck.errors import BackendRunError, ModelError, UsageError
 
 if TYPE_CHECKING:
     import onnx
@@ -154,7 +154,9 @@ def find_int8_fix(fp32: LoadedModel, qdq: LoadedModel, feeds: Sequence[dict[str,
     started = time.perf_counter()
     if max_runs < 1:
         raise UsageError(f"max_runs is {max_runs}; the INT8 fix needs at least one run")
-    _check_feeds(fp32, feeds)
+    from trtcheck.quant.layerwise import check_feeds
+
+    check_feeds(fp32, feeds)
     reference = _run_model(fp32.proto, fp32, feeds, f"{fp32.path} (fp32)")
 
     def judge(model: onnx.ModelProto) -> tuple[bool, dict[str, float]]:
@@ -222,16 +224,6 @@ def _builder(qdq: LoadedModel, ranked: list[LayerError],
         return requantize(tuple(ranked[k].fp32_node for k in layers))
 
     return build
-
-
-def _check_feeds(fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]]) -> None:
-    if not feeds:
-        raise InputDataError(f"{fp32.path}: no input feeds for the INT8 fix; give at least one")
-    for number, feed in enumerate(feeds):
-        missing = [name for name in fp32.input_names if name not in feed]
-        if missing:
-            raise InputDataError(f"{fp32.path}: feed {number} has no value for input "
-                                 f"'{missing[0]}'; give every input of the fp32 model")
 
 
 def _run_model(model: onnx.ModelProto, fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]],

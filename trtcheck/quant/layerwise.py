@@ -485,7 +485,8 @@ def _run(session: Any, feed: dict[str, np.ndarray], what: str) -> dict[str, np.n
         raise BackendRunError(f"onnxrt failed to run {what}: {first_line(err)}") from err
 
 
-def _check_feeds(fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+def check_feeds(fp32: LoadedModel, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+    """Raises `InputDataError` unless there are feeds and each gives every fp32 input."""
     if not feeds:
         raise InputDataError(f"{fp32.path}: no input feeds given; give at least one")
     for number, feed in enumerate(feeds):
@@ -552,7 +553,7 @@ def layerwise_error(fp32: LoadedModel, qdq: LoadedModel,
     `feeds` are keyed by the fp32 model's input names (the Q/DQ model's inputs are paired by
     position). Raises `ModelError` when `qdq` is not a Q/DQ model of `fp32`.
     """
-    _check_feeds(fp32, feeds)
+    check_feeds(fp32, feeds)
     try:
         pairing = pair(fp32.proto, qdq.proto)
     except ModelError as err:
