@@ -150,6 +150,11 @@ def test_bad_target_models_and_calibration_sets_are_one_line(trtcheck_cli, save_
     assert run.code == 2 and "0.npz" in run.stderr and "pixels" in run.stderr
     run = trtcheck_cli("compare", path, "--target-model", uint8, "--calibration-data", wrong)
     assert run.code == 2 and "quantized already" in run.stderr
+    renamed = cnn()
+    renamed.graph.node[-1].output[0] = renamed.graph.output[0].name = "scores"
+    run = trtcheck_cli("compare", path, "--target-model", save_model(renamed, "renamed.onnx"))
+    assert run.code == 2 and "it lacks output(s) logits" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
 
 
 def test_a_tensorrt_calibration_cache_gives_the_same_scales(trtcheck_cli, save_model, tmp_path):
