@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trtcheck.suite import SuiteError, load_suite
 from zoo.build import cnn
+
+pytest_plugins = ["pytester"]
 
 HEADER = """
 [targets.fp16]
@@ -263,3 +266,221 @@ def test_suite_name_must_be_a_plain_name(suite_dir, value):
     message = str(info.value)
     assert message.startswith(f"{path}:4: [suite] name = "), message
     assert "letters, digits" in message and len(message.splitlines()) == 1
+
+
+# --- int8/fp8 targets: calibration, calibration_cache, calibration_method, target_model ---------
+
+QUANT_HEADER = """
+[targets.int8]
+backend = "onnxrt-int8"
+
+[targets.fp8]
+backend = "onnxrt-fp8"
+
+[targets.fp16]
+backend = "onnxrt-fp16"
+"""
+
+
+@pytest.fixture
+def quant_dir(suite_dir: Path) -> Path:
+    """cnn.onnx, a calibration folder, a Polygraphy inputs JSON, a cache file, a Q/DQ model."""
+    (suite_dir / "calib").mkdir()
+    np.savez(suite_dir / "calib" / "a.npz", image=np.zeros((1, 3, 32, 32), np.float32))
+    (suite_dir / "calib.json").write_text("[]")
+    (suite_dir / "model.cache").write_text("TRT-8601-EntropyCalibration2\n")
+    (suite_dir / "qdq.onnx").write_bytes((suite_dir / "cnn.onnx").read_bytes())
+    return suite_dir
+
+
+def write_quant(folder: Path, body: str) -> Path:
+    path = folder / "q.suite.toml"
+    path.write_text(QUANT_HEADER + body)
+    return path
+
+
+def test_quant_keys_are_parsed_and_inherited(quant_dir):
+    path = write_quant(quant_dir, """
+[defaults]
+calibration = "calib"
+calibration_method = "entropy"
+targets = ["int8"]
+
+[[case]]
+name = "inherits"
+model = "cnn.onnx"
+
+[[case]]
+name = "json"
+model = "cnn.onnx"
+calibration = "calib.json"
+calibration_method = "percentile"
+
+[[case]]
+name = "cache"
+model = "cnn.onnx"
+calibration_cache = "model.cache"
+
+[[case]]
+name = "given"
+model = "cnn.onnx"
+target_model = "qdq.onnx"
+targets = ["int8", "fp8"]
+""")
+    inherits, json_set, cache, given = load_suite(path).cases
+    assert [c.error for c in (inherits, json_set, cache, given)] == [None] * 4
+    assert inherits.quant.calibration_data == quant_dir / "calib"
+    assert inherits.quant.method == "entropy"
+    assert (json_set.quant.calibration_data, json_set.quant.method) == (
+        quant_dir / "calib.json", "percentile")
+    # A case's source replaces the defaults' (a cache or a Q/DQ model is no calibration set).
+    assert (cache.quant.calibration_cache, cache.quant.calibration_data) == (
+        quant_dir / "model.cache", None)
+    assert (given.quant.target_model, given.quant.calibration_data) == (
+        quant_dir / "qdq.onnx", None)
+    assert not any(c.calibrates_on_synthetic_feeds for c in (inherits, json_set, cache, given))
+
+
+def test_quant_keys_default_to_synthetic_calibration(quant_dir):
+    (case,) = load_suite(write_quant(quant_dir, '[[case]]\nname = "a"\nmodel = "cnn.onnx"\n')).cases
+    assert case.error is None and case.calibrates_on_synthetic_feeds
+    assert case.quant.method == "minmax"
+
+
+# The key at fault is on line 5 of its case (after `[[case]]`, `name`, `model`, `targets`).
+@pytest.mark.parametrize("lines, fragments", [
+    (['calibration = "nowhere"'], ["calibration", "nowhere does not exist",
+                                   "a folder of .npz files", "relative to the suite file"]),
+    (['calibration = "model.cache"'], ["is neither a folder nor a .json"]),
+    (['calibration = 3'], ["'calibration' must be a string"]),
+    (['calibration_cache = "missing.cache"'], ["missing.cache does not exist",
+                                               "TensorRT calibration cache"]),
+    (['target_model = "missing.onnx"'], ["missing.onnx does not exist", "Q/DQ .onnx model"]),
+    (['calibration_method = 7'], ["'calibration_method' must be a string"]),
+    (['calibration_method = "kl"'], ["calibration_method 'kl' is not one of minmax, entropy, "
+                                     "percentile"]),
+    (['calibration_cache = "model.cache"', 'calibration = "calib"'],
+     ["give calibration", "or calibration_cache", "not both"]),
+    (['calibration = "calib"', 'target_model = "qdq.onnx"'],
+     ["target_model is quantized already", "'calibration'"]),
+])
+def test_bad_quant_key_names_file_line_and_fix(quant_dir, lines, fragments):
+    body = '[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntargets = ["int8"]\n' + "\n".join(
+        lines) + "\n"
+    bad_line = QUANT_HEADER.count("\n") + 5
+    path = write_quant(quant_dir, body + '\n[[case]]\nname = "good"\nmodel = "cnn.onnx"\n')
+    bad, good = load_suite(path).cases
+    assert good.error is None, "one bad case must not stop the others"
+    assert bad.error is not None and len(bad.error.splitlines()) == 1
+    assert bad.error.startswith(f"{path}:{bad_line}: case 'a': "), bad.error
+    for fragment in fragments:
+        assert fragment in bad.error, bad.error
+
+
+@pytest.mark.parametrize("targets, line, fragments", [
+    ('["fp16"]', 'calibration = "calib"',
+     ["'calibration' is for int8/fp8 targets", "(fp16)", "add an int8/fp8 target"]),
+    ('["int8", "fp8"]', 'calibration_method = "entropy"',
+     ["calibration_method 'entropy' is for int8", "'fp8' is fp8", "minmax"]),
+])
+def test_quant_keys_must_fit_the_case_targets(quant_dir, targets, line, fragments):
+    path = write_quant(quant_dir, f'[[case]]\nname = "a"\nmodel = "cnn.onnx"\n'
+                                  f'targets = {targets}\n{line}\n')
+    (case,) = load_suite(path).cases
+    assert case.error is not None, "accepted"
+    assert case.error.startswith(f"{path}:{QUANT_HEADER.count(chr(10)) + 5}: case 'a': ")
+    for fragment in fragments:
+        assert fragment in case.error, case.error
+
+
+def test_defaults_quant_keys_are_checked_and_apply_only_to_quantized_targets(quant_dir):
+    path = write_quant(quant_dir, '[defaults]\ncalibration = "calib"\n'
+                                  '[[case]]\nname = "a"\nmodel = "cnn.onnx"\ntargets = ["fp16"]\n')
+    (case,) = load_suite(path).cases
+    assert case.error is None, "a default calibration set meets cases without int8 targets"
+    path = write_quant(quant_dir, '[defaults]\ncalibration_method = "mse"\n')
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    line = QUANT_HEADER.count("\n") + 2
+    assert str(info.value).startswith(f"{path}:{line}: calibration_method 'mse' is not one of")
+    path = write_quant(quant_dir, '[defaults]\ncalibration = "gone"\n')
+    with pytest.raises(SuiteError, match="gone does not exist"):
+        load_suite(path)
+
+
+QUANT_SUITE = """
+[targets.int8]
+backend = "onnxrt-int8"
+
+[targets.fp16]
+backend = "onnxrt-fp16"
+
+[defaults]
+targets = ["int8"]
+
+[[case]]
+name = "cnn"
+model = "cnn.onnx"
+targets = ["int8", "fp16"]
+calibration = "calib"
+
+[[case]]
+name = "cnn_strict"
+model = "cnn.onnx"
+calibration = "calib"
+tolerance = { min_snr = 80.0 }
+
+[[case]]
+name = "outlier"
+model = "outlier.onnx"
+calibration = "calib"
+
+[[case.expected_failure]]
+precisions = ["int8"]
+reason = "one channel 1000x the others sets the int8 scale"
+
+[[case]]
+name = "uncalibrated"
+model = "cnn.onnx"
+calibration_method = "minmax"
+"""
+
+
+def test_int8_suite_end_to_end(pytester):
+    """cnn passes int8 calibrated on a set, the planted outlier is its expected failure, an SNR
+    floor above what int8 reaches fails, and a case without a set says it was synthetic."""
+    import json
+
+    import onnx
+
+    from zoo.build import channel_outlier_cnn
+
+    onnx.save(cnn(), str(pytester.path / "cnn.onnx"))
+    onnx.save(channel_outlier_cnn(), str(pytester.path / "outlier.onnx"))
+    (pytester.path / "calib").mkdir()
+    rng = np.random.default_rng(5)
+    for index in range(4):
+        np.savez(pytester.path / "calib" / f"{index}.npz",
+                 image=rng.uniform(0, 1, (1, 3, 32, 32)).astype(np.float32))
+    pytester.makefile(".suite.toml", q=QUANT_SUITE)
+    pytester.runpytest("--trtcheck-update-golden-new-only")
+    result = pytester.runpytest("-rA")
+    result.assert_outcomes(passed=3, failed=1, xfailed=1)
+    result.stdout.fnmatch_lines(["*logits: SNR * dB < 80 dB*",
+                                 "PASSED q.suite.toml::cnn[[]int8[]]",
+                                 "PASSED q.suite.toml::cnn[[]fp16[]]",
+                                 "XFAIL q.suite.toml::outlier[[]int8[]]*1000x*",
+                                 "FAILED q.suite.toml::cnn_strict[[]int8[]]*"])
+    reports = pytester.path / "artifacts" / "trtcheck" / "q"
+
+    def report(case: str, target: str = "int8") -> dict:
+        return json.loads((reports / case / f"{target}.json").read_text())
+
+    int8, fp16 = report("cnn"), report("cnn", "fp16")
+    # Only the int8 target runs the Q/DQ model; the fp16 target runs the model itself.
+    assert ".int8." in int8["comparison"]["polygraphy_command"]
+    assert ".int8." not in fp16["comparison"]["polygraphy_command"]
+    assert not any("synthetic" in note for note in int8["notes"])
+    assert report("cnn_strict")["comparison"]["outputs"][0]["tolerance"]["min_snr"] == 80.0
+    assert any("calibrated on synthetic feeds" in note and "calibration = " in note
+               for note in report("uncalibrated")["notes"])

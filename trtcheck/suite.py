@@ -429,6 +429,14 @@ def _keyed(message: str, key: str) -> SuiteError:
     return error
 
 
+def _keyed_string(value: Any, where: str, key: str) -> str:
+    try:
+        return _expect(value, str, where, key)
+    except SuiteError as err:
+        err.key = key
+        raise
+
+
 _QUANT_PATHS = {
     "calibration": "a folder of .npz files (one feed each, keys = input names) or a Polygraphy "
                    "inputs .json",
@@ -438,7 +446,7 @@ _QUANT_PATHS = {
 
 
 def _quant_path(value: Any, key: str, where: str, suite_dir: Path) -> Path:
-    path = (suite_dir / _expect(value, str, where, key)).resolve()
+    path = (suite_dir / _keyed_string(value, where, key)).resolve()
     if not (path.exists() if key == "calibration" else path.is_file()):
         raise _keyed(f"{where}: {key} {path} does not exist; give {_QUANT_PATHS[key]}, relative "
                      "to the suite file", key)
@@ -459,7 +467,7 @@ def _quant(raw: dict[str, Any], where: str, suite_dir: Path, base: QuantRequest)
                      "(TensorRT's scales), not both", "calibration_cache")
     method = base.method
     if "calibration_method" in raw:
-        method = _expect(raw["calibration_method"], str, where, "calibration_method")
+        method = _keyed_string(raw["calibration_method"], where, "calibration_method")
         if method not in METHODS:
             raise _keyed(f"{where}: calibration_method '{method}' is not one of "
                          f"{', '.join(METHODS)}", "calibration_method")
