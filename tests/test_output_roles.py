@@ -190,3 +190,16 @@ def test_cli_reports_class_scores_and_the_polygraphy_difference(trtcheck_cli, sa
     assert "Polygraphy has no top-1 check" in text
     (output,) = json.loads((path.parent / "r.json").read_text())["outputs"]
     assert output["method"] == "top1" and output["top1_same"] == [1, 1]
+
+
+def test_the_repeat_command_keeps_the_class_score_rule(trtcheck_cli, save_model, tmp_path):
+    import shlex
+
+    path = save_model(cnn(), "cnn.onnx")
+    trtcheck_cli("compare", path, "--target", "onnxrt-bf16", "--json", "first.json")
+    command = json.loads((tmp_path / "first.json").read_text())["trtcheck_command"]
+    assert "--atol" not in command  # the rule comes from the graph, not from flags
+    again = trtcheck_cli(*shlex.split(command)[2:], "--json", "again.json")
+    assert again.code == 0, again.stderr
+    (output,) = json.loads((tmp_path / "again.json").read_text())["outputs"]
+    assert output["method"] == "top1"

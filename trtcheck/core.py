@@ -395,7 +395,8 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                   "atol shown, which trtcheck reports but does not decide by")
         note = f"{note}; {values}" if note else values
     repeat = trtcheck_command(str(model.path), target, reference, feeds, request.inputs,
-                              tolerances, options, request.passes, request.detections)
+                              tolerances, options, request.passes, request.detections,
+                              quant=request.quant)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
         model_path=str(model.path), model_hash=_hash_later(model), reference=reference,

@@ -11,7 +11,8 @@ from trtcheck.backend_names import Backend
 from trtcheck.backends import BackendOptions, converted_model_path, polygraphy_flags
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings
 from trtcheck.precision import PrecisionPlan
-from trtcheck.tolerance import Tolerances
+from trtcheck.quant.target import QuantRequest
+from trtcheck.tolerance import TOP1, Tolerances
 
 if TYPE_CHECKING:
     from trtcheck.detections import DetectionSpec
@@ -54,8 +55,12 @@ def _tolerance_flags(tolerances: Tolerances, for_polygraphy: bool) -> list[str]:
         if not for_polygraphy and default.atol_of_max is not None and field_name in (
                 "atol", "rtol", "check_error_stat", "error_quantile"):
             base = None  # the scaled default: spelled out, these flags would switch it off
+        # A class-score output's rule comes from the graph (`output_roles`): trtcheck derives it
+        # again, and spelling out its atol would turn it into an explicit values tolerance.
         overrides = {name: fmt(o[field_name]) for name, o in tolerances.per_output.items()
-                     if o.get(field_name) is not None}
+                     if o.get(field_name) is not None and not (
+                         not for_polygraphy and o.get("criterion") == TOP1
+                         and field_name in ("atol", "rtol", "check_error_stat", "error_quantile"))}
         flag = polygraphy_flag if for_polygraphy else trtcheck_flag
         flags += _per_output(flag, overrides, fmt(base) if base is not None else None)
     if for_polygraphy:
@@ -87,7 +92,8 @@ def _synthetic_input_flags(feeds: Feeds, settings: InputSettings, dims: Callable
 def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds: Feeds,
                      settings: InputSettings, tolerances: Tolerances,
                      options: BackendOptions, passes: tuple[str, ...] = (),
-                     detections: Sequence[DetectionSpec] = ()) -> str:
+                     detections: Sequence[DetectionSpec] = (),
+                     quant: QuantRequest | None = None) -> str:
     """The `trtcheck compare` command that repeats this comparison, settings spelled out."""
     args = ["trtcheck", "compare", model_path, "--reference", reference.name, "--target",
             target.name]
@@ -114,7 +120,25 @@ def trtcheck_command(model_path: str, target: Backend, reference: Backend, feeds
         args += ["--keep-fp32", *sorted(options.keep_fp32)]
     if passes:
         args += ["--passes", *passes]
+    if quant is not None:
+        args += _quant_flags(quant, target)
     return shlex.join(args)
+
+
+def _quant_flags(quant: QuantRequest, target: Backend) -> list[str]:
+    """Where the target's Q/DQ model came from, as compare's flags."""
+    if quant.target_model is not None:
+        return ["--target-model", str(quant.target_model)]
+    if not target.quantized:
+        return []
+    flags = []
+    if quant.calibration_data is not None:
+        flags += ["--calibration-data", str(quant.calibration_data)]
+    if quant.calibration_cache is not None:
+        flags += ["--calibration-cache", str(quant.calibration_cache)]
+    if quant.method != "minmax":
+        flags += ["--calibration-method", quant.method]
+    return flags
 
 
 def _target_model(model_path: str, target: Backend, options: BackendOptions,

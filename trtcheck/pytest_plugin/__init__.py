@@ -30,6 +30,8 @@ _MARKERS = (
     "fp32: suite item whose target runs in fp32",
     "fp16: suite item whose target runs in fp16",
     "bf16: suite item whose target runs in bf16",
+    "int8: suite item whose target runs a Q/DQ model in int8",
+    "fp8: suite item whose target runs a Q/DQ model in fp8 (e4m3)",
     "emulated: suite item whose target emulates reduced precision on ONNX Runtime",
 )
 
