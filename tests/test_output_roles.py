@@ -199,7 +199,7 @@ def test_the_repeat_command_keeps_the_class_score_rule(trtcheck_cli, save_model,
     trtcheck_cli("compare", path, "--target", "onnxrt-bf16", "--json", "first.json")
     command = json.loads((tmp_path / "first.json").read_text())["trtcheck_command"]
     assert "--atol" not in command  # the rule comes from the graph, not from flags
-    again = trtcheck_cli(*shlex.split(command)[2:], "--json", "again.json")
+    again = trtcheck_cli(*shlex.split(command)[1:], "--json", "again.json")
     assert again.code == 0, again.stderr
     (output,) = json.loads((tmp_path / "again.json").read_text())["outputs"]
     assert output["method"] == "top1"
