@@ -29,6 +29,10 @@ TRITON_TYPES = {
     "bfloat16": "TYPE_BF16", "object": "TYPE_STRING",
 }
 
+Shape = tuple[int, ...]
+# Input name -> (min, opt, max) shapes of an optimisation profile.
+Profile = dict[str, tuple[Shape, Shape, Shape]]
+
 
 def model_config_pb2():
     """Triton's `model_config_pb2`, as shipped by tritonclient (needs its `grpc` extra)."""
@@ -68,8 +72,10 @@ class ModelIO:
     source: Path
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    # Engine only: input name -> (min, opt, max) shapes of optimisation profile 0.
-    profile: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
+    # Engine only: optimisation profile 0.
+    profile: Profile = field(default_factory=dict)
+    # ONNX only: external-data files the model names that are missing beside it.
+    missing_data: tuple[str, ...] = ()
 
     def tensors(self, kind: str) -> tuple[TensorSpec, ...]:
         return self.inputs if kind == "input" else self.outputs
@@ -80,12 +86,12 @@ class ModelIO:
         return min(maxima) if maxima else None
 
 
-def _value_spec(value, skip_rank: bool = False) -> TensorSpec:
+def _value_spec(value) -> TensorSpec:
     import onnx
 
     tensor_type = value.type.tensor_type
     dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-    if not tensor_type.HasField("shape") or skip_rank:
+    if not tensor_type.HasField("shape"):
         return TensorSpec(value.name, dtype, None)
     dims, symbols = [], []
     for dim in tensor_type.shape.dim:
@@ -115,7 +121,19 @@ def onnx_io(path: Path) -> ModelIO:
         source=path,
         inputs=tuple(_value_spec(v) for v in graph.input if v.name not in weights),
         outputs=tuple(_value_spec(v) for v in graph.output),
+        missing_data=_missing_data(model, path.parent),
     )
+
+
+def _missing_data(model, folder: Path) -> tuple[str, ...]:
+    import onnx
+
+    from trtcheck.model import all_initializers
+
+    locations = {entry.value for tensor in all_initializers(model.graph)
+                 if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    return tuple(sorted(loc for loc in locations if not (folder / loc).is_file()))
 
 
 def sidecar_path(plan: Path) -> Path:
@@ -161,9 +179,12 @@ def read_sidecar(path: Path) -> ModelIO:
             return TensorSpec(str(entry["name"]), str(entry["dtype"]),
                               tuple(int(d) for d in shape) if shape is not None else None)
 
-        profile = {
-            str(entry["name"]): tuple(tuple(int(d) for d in entry["profile"][key])
-                                      for key in ("min", "opt", "max"))
+        def shape(values: list) -> Shape:
+            return tuple(int(d) for d in values)
+
+        profile: Profile = {
+            str(entry["name"]): (shape(entry["profile"]["min"]), shape(entry["profile"]["opt"]),
+                                 shape(entry["profile"]["max"]))
             for entry in document["inputs"] if "profile" in entry}
         return ModelIO(path, tuple(spec(e) for e in document["inputs"]),
                        tuple(spec(e) for e in document["outputs"]), profile)
@@ -190,7 +211,7 @@ def tensorrt_engine_io(plan: Path) -> ModelIO | None:
         engine = EngineFromBytes(BytesFromPath(str(plan)))()
     except Exception as err:  # Polygraphy reports TensorRT's own deserialisation error
         raise ValueError(f"TensorRT {trt.__version__} cannot deserialise it ({err})") from err
-    inputs, outputs, profile = [], [], {}
+    inputs, outputs, profile = [], [], Profile()
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
         dtype = DataType.to_dtype(DataType.from_dtype(engine.get_tensor_dtype(name)), "numpy")
@@ -198,7 +219,8 @@ def tensorrt_engine_io(plan: Path) -> ModelIO | None:
         if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
             inputs.append(spec)
             if engine.num_optimization_profiles > 0:
-                profile[name] = tuple(tuple(s) for s in engine.get_tensor_profile_shape(name, 0))
+                low, opt, high = engine.get_tensor_profile_shape(name, 0)
+                profile[name] = (tuple(low), tuple(opt), tuple(high))
         else:
             outputs.append(spec)
     return ModelIO(plan, tuple(inputs), tuple(outputs), profile)
