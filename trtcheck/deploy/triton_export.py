@@ -38,6 +38,7 @@ from trtcheck.atomic import (
 from trtcheck.deploy.triton_common import (
     DYNAMIC,
     ModelIO,
+    Profile,
     TensorSpec,
     model_config_pb2,
     onnx_io,
@@ -53,8 +54,6 @@ DEFAULT_MAX_BATCH = 4
 VERSION = "1"
 # A dimension left dynamic in a suggested --input-shapes line.
 _SUGGESTED_SIZE = 128
-
-Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
 @dataclass(frozen=True)
