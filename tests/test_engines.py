@@ -9,7 +9,6 @@ need TensorRT, are the only steps stood in for, by plain functions passed to `Ca
 
 from __future__ import annotations
 
-import argparse
 import ctypes.util
 import hashlib
 import io
@@ -39,7 +38,6 @@ from trtcheck.engine.cache import (
     DeviceIdentity,
     EngineCache,
     EngineCacheKey,
-    add_cache_parser,
     build_spec,
     cached_chain,
     default_cache_root,
@@ -666,11 +664,11 @@ def test_a_cached_chain_without_tensorrt_fails_naming_tensorrt_and_stores_nothin
 
 
 def _cli(*argv: str) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="trtcheck")
-    add_cache_parser(parser.add_subparsers(dest="command", required=True))
+    from trtcheck.cli import build_parser
+
     out = io.StringIO()
     with redirect_stdout(out):
-        code = run_cache(parser.parse_args(list(argv)))
+        code = run_cache(build_parser().parse_args(list(argv)))
     return code, out.getvalue()
 
 
@@ -698,8 +696,33 @@ def test_cache_list_and_clear_commands(tmp_path):
 
 @pytest.mark.parametrize(("argv", "says"), [
     ((), "say what to clear"),
-    (("--older-than", "-1"), "give a number of days"),
+    (("--older-than", "-1"), r"--older-than -1 \(days\): must be a finite number >= 0"),
+    (("--older-than", "nan"), r"--older-than nan \(days\): must be a finite number"),
 ])
 def test_cache_clear_without_a_choice_is_a_usage_error(tmp_path, argv, says):
     with pytest.raises(UsageError, match=says):
         _cli("cache", "clear", *argv, "--cache-dir", str(tmp_path))
+
+
+# --- 6. trtcheck compare --target-engine ---------------------------------------------------------
+
+
+@pytest.mark.skipif(tensorrt_usable(), reason="TensorRT is installed here; this checks the "
+                                              "message shown without it")
+def test_compare_with_a_prebuilt_engine_names_the_tensorrt_it_needs(trtcheck_cli, save_model,
+                                                                    tmp_path):
+    from zoo.build import cnn
+
+    model = save_model(cnn(), "cnn.onnx")
+    (tmp_path / "model.plan").write_bytes(plan_bytes((10, 3, 0, 26)))
+    run = trtcheck_cli("compare", model, "--target-engine", "model.plan")
+    assert run.code == 3, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "built by TensorRT 10.3.0.26" in lines[0]
+    assert "pip install 'tensorrt==10.3.0'" in lines[0]
+    # An ONNX file given as the engine is one line, exit 2, before anything runs.
+    run = trtcheck_cli("compare", model, "--target-engine", model)
+    assert run.code == 2 and "not a TensorRT engine: it is an ONNX model" in run.stderr
+    run = trtcheck_cli("compare", model, "--target-engine", "model.plan", "--target",
+                       "onnxrt-fp16")
+    assert run.code == 2 and "a TensorRT engine runs on a trt target" in run.stderr

@@ -54,6 +54,10 @@ class BackendOptions:
     trt_major: int | None = None
     # Where a TensorRT 11 target writes its converted model (None: a temporary folder).
     work_dir: Path | None = None
+    # A prebuilt engine a trt target runs instead of building one (`--target-engine`).
+    engine: Path | None = None
+    # trt targets reuse engines built before with the same key (`trtcheck.engine.cache`).
+    engine_cache: bool = True
 
 
 def tensorrt_version() -> str | None:
@@ -385,11 +389,26 @@ def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, n
         return _onnxrt_runner(source, options, name,
                               disabled_optimizers=disabled_optimizers(model))
     if not tensorrt_usable():
+        needs = ""
+        if options.engine is not None:
+            from trtcheck.engine.plan import preflight_plan
+
+            needs = f" ({preflight_plan(options.engine).note})"
         raise BackendUnavailableError(
             f"{backend.name}: TensorRT is not installed here (Python module 'tensorrt' not "
-            f"importable); {TRT_INSTALL_HINT}"
+            f"importable){needs}; {TRT_INSTALL_HINT}"
         )
-    return trt_chain(model, backend, plan, options, name, mark).runner
+    if options.engine is not None:
+        from trtcheck.engine.plan import engine_runner
+
+        return engine_runner(options.engine, name)
+    chain = trt_chain(model, backend, plan, options, name, mark)
+    if options.engine_cache:
+        from trtcheck.engine.cache import EngineCache, build_spec, cached_chain
+
+        chain = cached_chain(chain, build_spec(chain, model, backend, options, mark),
+                             EngineCache())
+    return chain.runner
 
 
 def polygraphy_flags(backend: Backend, options: BackendOptions, trt_major: int | None) -> list[str]:

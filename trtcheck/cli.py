@@ -214,6 +214,12 @@ def _add_audit_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
+def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.engine.cache import add_cache_arguments
+
+    add_cache_arguments(parser)
+
+
 def _add_calibration_arguments(parser: Any) -> None:
     """Where an int8/fp8 model's scales come from: compare's and quantize's flags."""
     parser.add_argument("--calibration-data", type=Path, metavar="PATH",
@@ -310,6 +316,12 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                          help="ONNX nodes that stay in fp32 in reduced-precision targets")
     backend.add_argument("--trt-major", type=int, choices=(10, 11),
                          help="TensorRT major version to build for (default: installed one)")
+    backend.add_argument("--target-engine", type=Path, metavar="PLAN",
+                         help="the trt target runs this prebuilt engine (its header is checked "
+                              "against the installed TensorRT first)")
+    backend.add_argument("--no-engine-cache", action="store_true",
+                         help="build trt targets' engines anew instead of reusing cached ones "
+                              "(`trtcheck cache list`)")
     backend.add_argument("--work-dir", type=Path, metavar="DIR", default=Path(DEFAULT_WORK_DIR),
                          help="where converted and fixed models are written (the TensorRT 11 "
                               f"command reads its converted model from here; default "
@@ -519,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "cosine), so nothing is proposed, 2 usage or input error, 3 could not run.",
         populate=_add_tolerances_arguments)
     commands.add_parser(
+        "cache", help="list or clear the TensorRT engines that trt* targets reuse",
+        description="The engine cache is in $TRTCHECK_ENGINE_CACHE (default "
+                    "~/.cache/trtcheck/engines). Exit codes: 0 done, 2 usage error.",
+        populate=_add_cache_arguments)
+    commands.add_parser(
         "quantize", help="write the Q/DQ model an int8/fp8 target runs (calibrated, or from a "
                          "TensorRT calibration cache)",
         description="Exit codes: 0 written, 2 usage or input error, 3 could not run.",
@@ -618,7 +635,8 @@ def request_from_args(args: argparse.Namespace):
         detections=tuple(parse_spec(text) for text in args.detections or ()),
         options=BackendOptions(providers=tuple(args.providers), tf32=args.tf32,
                                keep_fp32=frozenset(args.keep_fp32), trt_major=args.trt_major,
-                               work_dir=args.work_dir),
+                               work_dir=args.work_dir, engine=args.target_engine,
+                               engine_cache=not args.no_engine_cache),
         save_outputs=args.save_outputs,
         save_inputs=args.save_inputs,
         quant=QuantRequest(args.calibration_data, args.calibration_cache,
@@ -925,11 +943,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             return run_report(args)
+        if args.command == "cache":
+            from trtcheck.engine.cache import run_cache
+
+            return run_cache(args)
         check_outputs(args)
         with _isolation_from_args(args):
             return commands[args.command](args)
     except TrtcheckError as err:
-        if args.verbose:
+        if getattr(args, "verbose", False):
             traceback.print_exc()
         print(f"trtcheck: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -170,6 +170,16 @@ def _library_versions() -> dict[str, str | None]:
     }
 
 
+def _engine_note(engine: Path, target: Backend) -> str | None:
+    """`--target-engine`: the plan's header checked before anything runs (`engine.plan`)."""
+    from trtcheck.engine.plan import preflight_plan
+
+    if target.family != "trt":
+        raise UsageError(f"--target-engine {engine}: a TensorRT engine runs on a trt target, "
+                         f"not {target.name}; drop --target or give --target trt")
+    return preflight_plan(engine).note
+
+
 def _target_of(target_model: Path | None) -> str | None:
     """The default target for `--target-model` (None without it): the backend of its type."""
     if target_model is None:
@@ -295,7 +305,12 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference = get_backend(request.reference)
-    target, target_note = resolve_target(request.target or _target_of(request.quant.target_model))
+    target, target_note = resolve_target(
+        request.target or ("trt" if request.options.engine is not None else None)
+        or _target_of(request.quant.target_model))
+    if request.options.engine is not None:
+        target_note = "; ".join(filter(None, [target_note, _engine_note(request.options.engine,
+                                                                          target)])) or None
     model = model or load_model(request.model)
     tolerances = request.tolerances.resolve(target.precision, class_score_outputs(model.proto),
                                             quantized_type(model.proto))

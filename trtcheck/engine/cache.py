@@ -491,12 +491,8 @@ def cached_chain(chain: TrtChain, spec: BuildSpec, cache: EngineCache) -> TrtCha
 # --- `trtcheck cache list|clear` ------------------------------------------------------------------
 
 
-def add_cache_parser(commands: Any) -> argparse.ArgumentParser:
-    """Adds `cache list|clear` to the CLI's subcommands; `run_cache` runs it."""
-    cache = commands.add_parser(
-        "cache", help="list or clear the TensorRT engines that trt* targets reuse",
-        description=f"The engine cache is in ${ENGINE_CACHE_ENV} (default "
-                    "~/.cache/trtcheck/engines). Exit codes: 0 done, 2 usage error.")
+def add_cache_arguments(cache: argparse.ArgumentParser) -> None:
+    """Adds `list|clear` to the CLI's `cache` subcommand; `run_cache` runs it."""
     actions = cache.add_subparsers(dest="cache_command", required=True, metavar="list|clear")
     listing = actions.add_parser("list", help="the stored engines, most recently used first")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -510,7 +506,6 @@ def add_cache_parser(commands: Any) -> argparse.ArgumentParser:
         parser.add_argument("--cache-dir", type=Path, metavar="DIR",
                             help=f"the cache folder (default: ${ENGINE_CACHE_ENV} or "
                                  "~/.cache/trtcheck/engines)")
-    return cache
 
 
 def _size(nbytes: int) -> str:
@@ -552,8 +547,10 @@ def run_cache(args: argparse.Namespace) -> int:
     if not (args.all or args.older_than is not None or args.keys):
         raise UsageError("trtcheck cache clear: say what to clear: --all, --older-than DAYS, or "
                          "the KEYs that `trtcheck cache list` shows")
-    if args.older_than is not None and args.older_than < 0:
-        raise UsageError(f"--older-than {args.older_than}: give a number of days, 0 or more")
+    if args.older_than is not None:
+        from trtcheck.tolerance import check_tolerance_value
+
+        check_tolerance_value(f"--older-than {args.older_than:g} (days)", args.older_than)
     removed = cache.clear(everything=args.all, older_than_days=args.older_than,
                           digests=args.keys)
     print(f"removed {len(removed)} engine(s), {_size(sum(e.size for e in removed))}, from "
