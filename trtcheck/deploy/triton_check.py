@@ -265,7 +265,11 @@ def _parse(folder: Path, findings: list[Finding]) -> _Model | None:
         findings.append(Finding(ERROR, "syntax", folder.name, path, err.GetLine(),
                                 f"does not parse as Triton's ModelConfig: {message}"))
         return None
-    return _Model(folder.name, folder, config, _Locator(text))
+    try:
+        where = _Locator(text)
+    except text_format.ParseError:  # parsed, yet beyond the locator: findings lose their lines
+        where = _Locator("")
+    return _Model(folder.name, folder, config, where)
 
 
 # -- checks of one config on its own ----------------------------------------------------------
@@ -332,7 +336,8 @@ def _check_instance_groups(model: _Model, kind: str | None) -> None:
                                              schema.ModelInstanceGroup.KIND_AUTO):
             model.add(ERROR, "instance-group", f"{label} has kind {kind_name} but lists gpus; "
                       "gpus go with KIND_GPU only", "instance_group", index, "gpus")
-        if group.count < 1:
+        # proto3 cannot tell an omitted count (Triton's default, 1) from 0: ask the text.
+        if group.count < 1 and (("instance_group", index), ("count", 0)) in model.where.lines:
             model.add(WARNING, "instance-group", f"{label} has count {group.count}, which "
                       "Triton reads as 1; write the count you mean", "instance_group", index)
         if group.profile and kind != "tensorrt":
