@@ -7,7 +7,6 @@ refuses at load time) and must produce exactly that finding, at the right file a
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -21,7 +20,7 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
 
-from trtcheck.deploy.cli_triton import add_triton_parser, run_triton
+from trtcheck.deploy.cli_triton import run_triton
 from trtcheck.deploy.triton_check import CheckResult, check_repository
 from trtcheck.deploy.triton_common import model_config_pb2, read_sidecar, sidecar_path
 from trtcheck.deploy.triton_export import ExportResult, export_model
@@ -401,9 +400,9 @@ def test_repository_that_is_not_a_folder(tmp_path: Path) -> None:
 # -- the CLI functions the lead hooks in ------------------------------------------------------
 
 def _run(*argv: str | Path) -> int:
-    parser = argparse.ArgumentParser()
-    add_triton_parser(parser.add_subparsers(dest="command", required=True))
-    return run_triton(parser.parse_args([str(a) for a in argv]))
+    from trtcheck.cli import build_parser
+
+    return run_triton(build_parser().parse_args([str(a) for a in argv]))
 
 
 def test_cli_export_then_check_with_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -214,6 +214,12 @@ def _add_audit_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
+def _add_triton_arguments(parser: argparse.ArgumentParser) -> None:
+    from trtcheck.deploy.cli_triton import add_triton_arguments
+
+    add_triton_arguments(parser)
+
+
 def _add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     from trtcheck.engine.cache import add_cache_arguments
 
@@ -530,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(inf/nan in the target, an overflow in the range audit, a collapsed "
                     "cosine), so nothing is proposed, 2 usage or input error, 3 could not run.",
         populate=_add_tolerances_arguments)
+    commands.add_parser(
+        "triton", help="write or check a Triton Inference Server model repository",
+        populate=_add_triton_arguments)
     commands.add_parser(
         "cache", help="list or clear the TensorRT engines that trt* targets reuse",
         description="The engine cache is in $TRTCHECK_ENGINE_CACHE (default "
@@ -947,6 +956,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from trtcheck.engine.cache import run_cache
 
             return run_cache(args)
+        if args.command == "triton":
+            from trtcheck.deploy.cli_triton import run_triton
+
+            return run_triton(args)
         check_outputs(args)
         with _isolation_from_args(args):
             return commands[args.command](args)

@@ -1,8 +1,7 @@
-"""`trtcheck triton export|check`: the argparse spec and run function the CLI hooks in.
+"""`trtcheck triton export|check`: the arguments and the run function `trtcheck.cli` calls.
 
-In `trtcheck.cli`: `add_triton_parser(commands)` in `build_parser`, and
-`if args.command == "triton": return run_triton(args)` in `main`, beside "report" (before
-`check_outputs`, which expects a model argument). Heavy modules are imported only when run.
+The CLI adds these arguments when the `triton` subcommand is used, and runs `run_triton` before
+its model-file checks (a repository is not a model). Heavy modules are imported only when run.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from trtcheck.errors import EXIT_PASS
 
@@ -20,10 +18,8 @@ _CHECK_EXITS = ("Exit codes: 0 no errors (warnings may be shown), 1 errors found
                 "repository is not a folder, 3 tritonclient[grpc] missing.")
 
 
-def add_triton_parser(commands: Any) -> None:
-    """Adds `triton export` and `triton check` to the CLI's subcommands."""
-    triton = commands.add_parser(
-        "triton", help="write or check a Triton Inference Server model repository")
+def add_triton_arguments(triton: argparse.ArgumentParser) -> None:
+    """Adds `export` and `check` to the CLI's `triton` subcommand."""
     actions = triton.add_subparsers(dest="triton_command", metavar="{export,check}",
                                     required=True)
     export = actions.add_parser(

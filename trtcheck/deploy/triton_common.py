@@ -40,9 +40,11 @@ def model_config_pb2():
         from tritonclient.grpc import model_config_pb2 as schema
     except (ImportError, RuntimeError) as err:
         # tritonclient without its grpc extra raises RuntimeError from tritonclient.grpc.
+        from trtcheck.distribution import install_command
+
         raise BackendUnavailableError(
-            "Triton's model configuration schema is missing: pip install 'tritonclient[grpc]'"
-        ) from err
+            "Triton's model configuration schema (tritonclient) is not installed: "
+            f"{install_command('triton')}") from err
     return schema
 
 
