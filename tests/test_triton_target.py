@@ -24,13 +24,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.triton_server import (
+    FAIL_TO_LOAD,
     SWAP_INPUTS,
     WRONG_RESHAPE,
     ServedModel,
     TritonServer,
     free_ports,
-    running_server,
-    write_repository,
+    serving,
 )
 from trtcheck import isolation
 from trtcheck.backend_names import get_backend
@@ -48,7 +48,7 @@ from trtcheck.deploy.triton_target import (
     served_model,
     triton_runner,
 )
-from trtcheck.errors import EXIT_COULD_NOT_RUN, EXIT_INPUT_ERROR, UsageError
+from trtcheck.errors import EXIT_COULD_NOT_RUN, EXIT_INPUT_ERROR, BackendRunError, UsageError
 from trtcheck.inputs import InputSettings, make_feeds
 from trtcheck.model import load_model
 from trtcheck.output_roles import class_score_outputs
@@ -112,6 +112,7 @@ def _repository_models() -> list[ServedModel]:
         # The same model under positional input names (as an engine exported with them would
         # be): Triton binds by name, so the names must agree.
         ServedModel("pair_renamed", two_inputs(names=("input0", "input1"))),
+        ServedModel("demo_unloadable", demo, fault=FAIL_TO_LOAD),
     ]
 
 
@@ -123,8 +124,7 @@ def served(triton_venv: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     for model in models:
         files[model.name] = folder / f"{model.name}.onnx"
         onnx.save(model.model, str(files[model.name]))
-    repository = write_repository(folder / "repository", models)
-    with running_server(triton_venv, repository, folder / "tritonserver.log") as server:
+    with serving(triton_venv, folder, models) as server:
         yield Served(server, files)
 
 
@@ -216,8 +216,9 @@ def test_a_wrong_reshape_inside_the_served_model_fails(served):
                           "max_batch_size 0 (the batch dimension included), the ONNX model "
                           "[1,3,32,32]"),
     ("demo_bad_reshape", "demo", "dims [3072] reshaped to [1,32,32,3]"),
-    ("demo_fixed_batch", "demo", "max_batch_size is 8 but the ONNX input 'image' has a fixed "
-                                 "batch dimension of 1"),
+    ("demo_fixed_batch", "demo", "max_batch_size is 8 but the ONNX model fixes the batch "
+                                 "dimension of image (1), scores (1), energy (1); set "
+                                 "max_batch_size: 0"),
     ("pair_renamed", "pair", "input names differ: the ONNX model has a, b, the server "
                              "input0, input1"),
     ("demo", "chain", "input names differ"),
@@ -239,6 +240,16 @@ def test_a_model_the_server_lacks_is_named_with_the_ones_it_has(served):
     assert "demo (READY)" in message and "pair_swapped (READY)" in message
     with pytest.raises(UsageError, match="has no ready version 2; ready: 1"):
         _check(served.url("demo") + "/2", served.files["demo"])
+
+
+def test_a_model_that_failed_to_load_is_exit_3_with_the_servers_reason(served):
+    with pytest.raises(BackendRunError) as caught:
+        _check(served.url("demo_unloadable"), served.files["demo"])
+    message = str(caught.value)
+    assert message.startswith(f"{served.url('demo_unloadable')}: model 'demo_unloadable' is "
+                              "not ready on the server (v1 UNAVAILABLE: ")
+    assert "planted: this model does not load" in message and "\n" not in message
+    assert caught.value.exit_code == EXIT_COULD_NOT_RUN
 
 
 def test_the_check_returns_what_the_server_serves(served):
@@ -341,6 +352,18 @@ def test_the_check_names_a_data_type_mismatch():
     metadata["outputs"][0]["datatype"] = "FP16"
     (problem,) = mismatches(served_model(metadata, config), model_io(model))
     assert problem == "output 'logits': the server declares FP16, the ONNX model FP32 (float32)"
+
+
+@pytest.mark.parametrize(("batch", "found"), [(1, 0), (2, 1)])
+def test_a_model_fixed_at_batch_1_may_be_served_with_max_batch_size_1_only(batch, found):
+    # HTTP's JSON, with ints (gRPC's gives strings: `_grpc_json`).
+    metadata = {"name": "demo", "versions": ["1"], "platform": "python",
+                "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 32, 32]}],
+                "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, size]}
+                            for n, size in (("scores", 10), ("energy", 1))]}
+    served_demo = served_model(metadata, {"max_batch_size": batch})
+    problems = mismatches(served_demo, model_io(load_model(ZOO / "demo.onnx")))
+    assert len(problems) == found
 
 
 def test_importing_the_target_module_stays_light():

@@ -36,6 +36,8 @@ READY_TIMEOUT = 120.0
 
 # Faults that model.py plants (the config's "fault" parameter).
 SWAP_INPUTS = "swap_inputs"
+# initialize() raises, as a model whose engine the server cannot load does.
+FAIL_TO_LOAD = "fail_to_load"
 # Reads each output's [N, A, B] buffer as [N, B, A] and transposes back: the shape stays right,
 # the layout is wrong (a reshape written where a transpose was meant).
 WRONG_RESHAPE = "wrong_reshape"
@@ -55,6 +57,8 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         self.fault = config.get("parameters", {}).get("fault", {}).get("string_value", "")
+        if self.fault == "fail_to_load":
+            raise RuntimeError("planted: this model does not load")
         folder = os.path.join(args["model_repository"], args["model_version"])
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
@@ -202,7 +206,9 @@ def _server_command(venv: Path, repository: Path, ports: list[int]) -> tuple[lis
     command = [str(triton / "bin" / "tritonserver"), f"--model-repository={repository}",
                f"--backend-directory={triton / 'backends'}", f"--http-port={ports[0]}",
                f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
-               "--exit-timeout-secs=1", "--log-verbose=0"]
+               "--exit-timeout-secs=1", "--log-verbose=0",
+               # A model that fails to load stays listed as UNAVAILABLE, as in production.
+               "--exit-on-error=false", "--strict-readiness=false"]
     # The python backend's stub runs the venv's Python (numpy<2 and ONNX Runtime beside it).
     env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ.get('PATH', '')}",
            "LD_LIBRARY_PATH": str(site / "nvidia_pytriton.libs"), "PYTHONNOUSERSITE": "1"}
@@ -228,13 +234,14 @@ def running_server(venv: Path, repository: Path, log: Path,
     """Starts tritonserver on free ports, waits until every model is ready, stops it after.
 
     The server gets a session of its own so that its python-backend stubs are stopped with it;
-    on any way out (a failed test, Ctrl-C) the whole group is terminated, then killed.
+    on any way out (a failed test, Ctrl-C) the whole group is terminated, then killed, and a
+    test process killed outright takes the server with it (PR_SET_PDEATHSIG).
     """
     ports = free_ports(3)
     command, env = _server_command(venv, repository, ports)
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
     try:
         deadline = time.monotonic() + timeout
         while not _ready(ports[0]):
@@ -250,6 +257,14 @@ def running_server(venv: Path, repository: Path, log: Path,
         _stop(process)
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec: killed when the test process dies (even SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _stop(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
@@ -262,3 +277,15 @@ def _stop(process: subprocess.Popen) -> None:
     # The stubs of a server that died first may linger in its group.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def serving(venv: Path, folder: Path, models: Sequence[ServedModel]) -> Iterator[TritonServer]:
+    """`models` written to `folder`/repository and served until the block ends.
+
+    The server's log is `folder`/tritonserver.log; a test that fails on the server's side
+    finds the reason there.
+    """
+    repository = write_repository(folder / "repository", models)
+    with running_server(venv, repository, folder / "tritonserver.log") as server:
+        yield server

@@ -198,18 +198,22 @@ def _triton_datatype(dtype_name: str) -> str:
         return dtype_name.upper()
 
 
-def _batch_mismatch(kind: str, onnx: TensorSpec, batch: int) -> str | None:
-    if onnx.shape is None:
+def _unbatchable(expected: ModelIO, batch: int) -> str | None:
+    """Why Triton cannot batch the ONNX model along its leading dimension, if it cannot.
+
+    With `max_batch_size` > 0 Triton sends [N, *dims] for any N up to it, so each tensor's
+    leading dimension must be dynamic, or 1 with max_batch_size 1.
+    """
+    tensors = [spec for spec in (*expected.inputs, *expected.outputs) if spec.shape is not None]
+    scalars = [spec.name for spec in tensors if not spec.shape]
+    fixed = [f"{spec.name} ({spec.shape[0]})" for spec in tensors
+             if spec.shape and spec.shape[0] != DYNAMIC and (spec.shape[0] != 1 or batch > 1)]
+    if not scalars and not fixed:
         return None
-    if not onnx.shape:
-        return (f"max_batch_size is {batch} but the ONNX {kind} '{onnx.name}' is a scalar, "
-                "with no dimension to batch along; set max_batch_size: 0")
-    lead = onnx.shape[0]
-    if lead != DYNAMIC and (lead != 1 or batch > 1):
-        return (f"max_batch_size is {batch} but the ONNX {kind} '{onnx.name}' has a fixed "
-                f"batch dimension of {lead}; set max_batch_size: 0 with dims "
-                f"{_dims_text(onnx.shape)}, or export the model with a dynamic batch dimension")
-    return None
+    what = (f"fixes the batch dimension of {', '.join(fixed)}" if fixed
+            else f"has scalars to batch ({', '.join(scalars)})")
+    return (f"max_batch_size is {batch} but the ONNX model {what}; set max_batch_size: 0 with "
+            "the full dims, or export the model with a dynamic batch dimension")
 
 
 def _shape_mismatch(kind: str, onnx: TensorSpec, served: ServedTensor, batch: int) -> str | None:
@@ -224,10 +228,12 @@ def _shape_mismatch(kind: str, onnx: TensorSpec, served: ServedTensor, batch: in
     declared = f"dims {_dims_text(served.dims)}"
     if served.reshape is not None:
         declared += f" reshaped to {_dims_text(served.reshape)}"
-    batching = (f" with max_batch_size {batch} (the batch dimension left out)" if batch > 0
-                else " with max_batch_size 0 (the batch dimension included)")
-    return (f"{kind} '{onnx.name}': the server declares {declared}{batching}, the ONNX model "
-            f"{_dims_text(expected)} for them ({_dims_text(onnx.shape)} in all)")
+    if batch > 0:
+        return (f"{kind} '{onnx.name}': the server declares {declared} with max_batch_size "
+                f"{batch} (the batch dimension left out), the ONNX model {_dims_text(expected)} "
+                f"for them ({_dims_text(onnx.shape)} in all)")
+    return (f"{kind} '{onnx.name}': the server declares {declared} with max_batch_size 0 (the "
+            f"batch dimension included), the ONNX model {_dims_text(expected)}")
 
 
 def _tensor_mismatches(kind: str, expected: Sequence[TensorSpec],
@@ -244,8 +250,7 @@ def _tensor_mismatches(kind: str, expected: Sequence[TensorSpec],
         if tensor.datatype != wanted:
             found.append(f"{kind} '{onnx.name}': the server declares {tensor.datatype}, the "
                          f"ONNX model {wanted} ({onnx.dtype})")
-        problem = (_batch_mismatch(kind, onnx, batch) if batch > 0 else None) or \
-            _shape_mismatch(kind, onnx, tensor, batch)
+        problem = _shape_mismatch(kind, onnx, tensor, batch)
         if problem:
             found.append(problem)
     return found
@@ -255,13 +260,16 @@ def mismatches(served: ServedModel, expected: ModelIO) -> list[str]:
     """Every way the served model's declared I/O differs from the ONNX model's, one phrase each.
 
     Names are compared as sets (Triton binds tensors by name, never by position), data types
-    exactly, dims where both sides fix them; with `max_batch_size` > 0 the ONNX model's leading
-    dimension must be dynamic (or 1 with max_batch_size 1), since Triton batches along it. A
-    config reshape is checked on the shape the model sees.
+    exactly, dims where both sides fix them, a config reshape on the shape the model sees; with
+    `max_batch_size` > 0 the model must be batchable (`_unbatchable`), and that is reported
+    instead of each tensor's dims.
     """
-    return (_tensor_mismatches("input", expected.inputs, served.inputs, served.max_batch_size)
-            + _tensor_mismatches("output", expected.outputs, served.outputs,
-                                 served.max_batch_size))
+    batch = served.max_batch_size
+    unbatchable = _unbatchable(expected, batch) if batch > 0 else None
+    if unbatchable:
+        return [unbatchable]
+    return (_tensor_mismatches("input", expected.inputs, served.inputs, batch)
+            + _tensor_mismatches("output", expected.outputs, served.outputs, batch))
 
 
 # The process that last used an HTTP client: gevent's hub must be made anew in a forked child.
@@ -306,18 +314,18 @@ class _Client:
 
         if self.url.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
-            if method.startswith(("get_model", "get_model_repository")):
+            if method.startswith("get_model"):
                 kwargs["as_json"] = True
         try:
             return getattr(self.client, method)(*args, **kwargs)
         except InferenceServerException as err:
             if str(err.status()) in ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"):
-                raise self._unreachable(err.message()) from None
+                raise self.unreachable(err.message()) from None
             raise
         except (OSError, TimeoutError) as err:
-            raise self._unreachable(str(err) or type(err).__name__) from None
+            raise self.unreachable(str(err) or type(err).__name__) from None
 
-    def _unreachable(self, why: str) -> TritonUnreachableError:
+    def unreachable(self, why: str) -> TritonUnreachableError:
         return TritonUnreachableError(
             f"{self.url.text}: the Triton server at {self.url.address} ({self.url.protocol}) "
             f"did not answer within {self.timeout:g} s ({why.splitlines()[0]}); start it or "
@@ -344,8 +352,10 @@ def _model_absent(client: _Client, url: TritonUrl, err: Exception) -> Exception:
     if url.version and url.version not in ready and ready:
         return UsageError(f"{url.text}: model '{url.model}' has no ready version {url.version}; "
                           f"ready: {', '.join(sorted(ready))}")
+    # A load failure's reason ends with the python backend's traceback: its first line says it.
     states = "; ".join(f"v{e.get('version', '?')} {e.get('state', '?')}"
-                       + (f": {e['reason']}" if e.get("reason") else "") for e in same)
+                       + (f": {e['reason'].strip().splitlines()[0]}" if e.get("reason") else "")
+                       for e in same)
     return BackendRunError(f"{url.text}: model '{url.model}' is not ready on the server "
                            f"({states or err}); see the server's log")
 
@@ -355,7 +365,7 @@ def fetch_served_model(client: _Client, url: TritonUrl) -> ServedModel:
     from tritonclient.utils import InferenceServerException
 
     if not client.call("is_server_live"):
-        raise client._unreachable("not live")
+        raise client.unreachable("not live")
     try:
         metadata = client.call("get_model_metadata", url.model, url.version)
         config = client.call("get_model_config", url.model, url.version)
