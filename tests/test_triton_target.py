@@ -48,7 +48,13 @@ from trtcheck.deploy.triton_target import (
     served_model,
     triton_runner,
 )
-from trtcheck.errors import EXIT_COULD_NOT_RUN, EXIT_INPUT_ERROR, BackendRunError, UsageError
+from trtcheck.errors import (
+    EXIT_COULD_NOT_RUN,
+    EXIT_INPUT_ERROR,
+    BackendRunError,
+    BackendUnavailableError,
+    UsageError,
+)
 from trtcheck.inputs import InputSettings, make_feeds
 from trtcheck.model import load_model
 from trtcheck.output_roles import class_score_outputs
@@ -283,6 +289,20 @@ def test_a_server_that_accepts_but_never_answers_times_out(scheme):
         with pytest.raises(TritonUnreachableError, match=r"did not answer within 1 s"):
             _check(url, ZOO / "demo.onnx", timeout=1)
         assert time.monotonic() - started < 4
+
+
+def _check_without_http_client(url: str):
+    sys.modules["geventhttpclient"] = None  # in the child only: the http client cannot import
+    return check_target(url, load_model(ZOO / "demo.onnx"))
+
+
+def test_a_missing_triton_client_is_one_line_exit_3_with_the_install_command():
+    with pytest.raises(BackendUnavailableError) as caught:
+        isolation.call(_check_without_http_client, "triton://127.0.0.1:1/demo", what="check")
+    assert str(caught.value) == ("triton://127.0.0.1:1/demo: tritonclient's http support is not "
+                                 "installed; install it with `pip install "
+                                 "'onnx-trtcheck[triton]'`")
+    assert caught.value.exit_code == EXIT_COULD_NOT_RUN
 
 
 # URLs and the check itself, without a server.

@@ -46,7 +46,6 @@ URL_FORM = "triton://HOST:PORT/MODEL[/VERSION] (or triton+grpc://...)"
 # How long the server may take to answer a health or metadata request, and an inference.
 CONNECT_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 300.0
-CLIENT_INSTALL = "pip install 'tritonclient[http,grpc]'"
 
 
 class TritonUnreachableError(BackendRunError):
@@ -287,10 +286,13 @@ class _Client:
                 import tritonclient.grpc as client_module
             else:
                 import tritonclient.http as client_module
-        except ImportError as err:
+        except (ImportError, RuntimeError):
+            # tritonclient without the protocol's extra raises RuntimeError on import.
+            from trtcheck.distribution import install_command
+
             raise BackendUnavailableError(
-                f"{url.text}: the Triton client is not installed ({err.name} missing); "
-                f"install it with `{CLIENT_INSTALL}`") from None
+                f"{url.text}: tritonclient's {url.protocol} support is not installed; install "
+                f"it with `{install_command('triton')}`") from None
         self.module = client_module
         if url.protocol == "grpc":
             self.client = client_module.InferenceServerClient(url.address)
