@@ -205,7 +205,8 @@ def _server_command(venv: Path, repository: Path, ports: list[int]) -> tuple[lis
     triton = site / "pytriton" / "tritonserver"
     command = [str(triton / "bin" / "tritonserver"), f"--model-repository={repository}",
                f"--backend-directory={triton / 'backends'}", f"--http-port={ports[0]}",
-               f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}",
+               f"--grpc-port={ports[1]}", "--http-address=127.0.0.1",
+               "--grpc-address=127.0.0.1", "--allow-metrics=false",
                "--exit-timeout-secs=1", "--log-verbose=0",
                # A model that fails to load stays listed as UNAVAILABLE, as in production.
                "--exit-on-error=false", "--strict-readiness=false"]
@@ -237,7 +238,7 @@ def running_server(venv: Path, repository: Path, log: Path,
     on any way out (a failed test, Ctrl-C) the whole group is terminated, then killed, and a
     test process killed outright takes the server with it (PR_SET_PDEATHSIG).
     """
-    ports = free_ports(3)
+    ports = free_ports(2)
     command, env = _server_command(venv, repository, ports)
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env,
