@@ -33,9 +33,7 @@ from tests.triton_server import (
     serving,
 )
 from trtcheck import isolation
-from trtcheck.backend_names import get_backend
-from trtcheck.backends import BackendOptions
-from trtcheck.compare import OutputDiff, compare_runs
+from trtcheck.compare import OutputDiff
 from trtcheck.deploy.triton_target import (
     CONNECT_TIMEOUT,
     ServedModelMismatchError,
@@ -55,12 +53,9 @@ from trtcheck.errors import (
     BackendUnavailableError,
     UsageError,
 )
-from trtcheck.inputs import InputSettings, make_feeds
+from trtcheck.inputs import InputSettings
 from trtcheck.model import load_model
-from trtcheck.output_roles import class_score_outputs
 from trtcheck.precision import PrecisionPlan, emulate
-from trtcheck.run import quiet_polygraphy, run_backend
-from trtcheck.tolerance import ToleranceRequest
 from zoo.build import overflow_chain, transformer_block
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -144,19 +139,15 @@ def _served_run(url: str, model, iterations, timeouts: dict[str, float]):
 
 def compare_live(path: Path, url: str, shapes: dict[str, tuple[int, ...]] | None = None,
                  **timeouts: float) -> dict[str, OutputDiff]:
-    """The comparison `--target URL` makes: ONNX Runtime's outputs against the server's."""
-    from polygraphy.comparator import RunResults
+    """`trtcheck compare MODEL --target URL` through the core API: the served model is checked,
+    then ONNX Runtime's outputs are compared with the server's."""
+    from trtcheck.core import CompareRequest, compare_model
 
-    model = load_model(path)
-    feeds = make_feeds(model, InputSettings(shapes=shapes or {}))
-    results = RunResults()
-    with quiet_polygraphy():
-        results.append(run_backend(model, get_backend("onnxrt"), BackendOptions(),
-                                   feeds.iterations, REFERENCE))
-        results.append(isolation.call(_served_run, url, model, feeds.iterations, timeouts,
-                                      what=f"triton ({url})"))
-    tolerances = ToleranceRequest().resolve("fp32", class_score_outputs(model.proto))
-    return {d.name: d for d in compare_runs(results, REFERENCE, TARGET, tolerances)}
+    del timeouts  # the CLI's own
+    result = compare_model(CompareRequest(model=path, target=url,
+                                          inputs=InputSettings(shapes=shapes or {})))
+    assert result.target.family == "triton" and "serves " in (result.target_note or "")
+    return {d.name: d for d in result.outputs}
 
 
 def _check(url: str, path: Path, timeout: float = CONNECT_TIMEOUT):
@@ -393,3 +384,14 @@ def test_importing_the_target_module_stays_light():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_the_cli_compares_a_live_server_and_repeats_with_trtcheck(served, trtcheck_cli):
+    url = served.url("demo")
+    run = trtcheck_cli("compare", ZOO / "demo.onnx", "--target", url, "--json", "r.json")
+    assert run.code == 0, run.stdout + run.stderr
+    text = " ".join(run.stdout.split())
+    assert "no `polygraphy run` equivalent" in text and f"--target {url}" in text
+    closed = trtcheck_cli("compare", ZOO / "demo.onnx", "--target",
+                          f"triton://127.0.0.1:{free_ports(1)[0]}/demo", "--timeout", "20")
+    assert closed.code == 3 and len(closed.stderr.strip().splitlines()) == 1

@@ -56,7 +56,20 @@ BACKENDS: dict[str, Backend] = {
 }
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, served_precision: str = "fp32") -> Backend:
+    """The backend named `name`.
+
+    A `triton://HOST:PORT/MODEL[/VERSION]` URL is a live Triton server, computing in
+    `served_precision` (what its default tolerances follow).
+    """
+    if name in BACKENDS:
+        return BACKENDS[name]
+    if name.startswith("triton"):
+        from trtcheck.deploy.triton_target import is_triton_target, parse_triton_url
+
+        if is_triton_target(name):
+            parse_triton_url(name)  # a bad URL is a usage error before anything runs
+            return Backend(name, "triton", served_precision)
     try:
         return BACKENDS[name]
     except KeyError:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trtcheck.backend_names import Backend
 from trtcheck.distribution import install_command
-from trtcheck.errors import BackendUnavailableError
+from trtcheck.errors import BackendUnavailableError, UsageError
 
 if TYPE_CHECKING:
     # onnx is not imported by this module: a child that only builds ONNX Runtime sessions from
@@ -383,6 +383,13 @@ def make_runner(model: LoadedModel, backend: Backend, options: BackendOptions, n
     from trtcheck.precision import PrecisionPlan
 
     plan = PrecisionPlan(backend.float_precision, options.keep_fp32)
+    if backend.family == "triton":
+        if mark:
+            raise UsageError(f"{backend.name}: a Triton server returns its model's outputs only, "
+                             "not intermediate tensors; bisect the model on a local target")
+        from trtcheck.deploy.triton_target import triton_runner
+
+        return triton_runner(backend.name, model, name)
     if backend.family == "onnxrt":
         if source is None:
             source = onnxrt_session_source(model, backend, options, mark)

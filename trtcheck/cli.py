@@ -286,7 +286,11 @@ def _add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"reference backend (default onnxrt); one of: {backends}")
     parser.add_argument("--target", default=None, metavar="NAME",
                         help="target backend (default trt-fp16 where TensorRT imports, else "
-                             "onnxrt-fp16)")
+                             "onnxrt-fp16), or a live server: triton://HOST:PORT/MODEL[/VERSION] "
+                             "(triton+grpc:// for gRPC)")
+    parser.add_argument("--served-precision", choices=("fp32", "fp16", "bf16", "int8", "fp8"),
+                        default="fp32", help="with a triton:// target: the precision the served "
+                                             "model computes in (its default tolerances)")
     tol = parser.add_argument_group("tolerances (V for every output, OUT:V for one)")
     tol.add_argument("--atol", nargs="+", action="extend", metavar="[OUT:]V",
                      help="absolute tolerance")
@@ -651,6 +655,7 @@ def request_from_args(args: argparse.Namespace):
         quant=QuantRequest(args.calibration_data, args.calibration_cache,
                            args.calibration_method, args.target_model),
         layers=args.layers,
+        served_precision=args.served_precision,
     )
 
 
@@ -718,11 +723,15 @@ def _run_compare(args: argparse.Namespace) -> int:
             console.print(result.target_note, style="yellow")
         # crop=False: the lines that name files and commands are printed whole.
         console.print(ComparisonView(result), crop=False)
-        console.print("Same check with TensorRT, on a GPU machine" + (
-            f" ({result.polygraphy_note}):" if result.polygraphy_note else ":"), style="dim",
-            soft_wrap=True)
-        # soft_wrap keeps the command on one line so it can be copied as it is.
-        console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
+        if result.polygraphy_command:
+            console.print("Same check with TensorRT, on a GPU machine" + (
+                f" ({result.polygraphy_note}):" if result.polygraphy_note else ":"),
+                style="dim", soft_wrap=True)
+            # soft_wrap keeps the command on one line so it can be copied as it is.
+            console.print(result.polygraphy_command, style="cyan", soft_wrap=True)
+        else:
+            console.print(f"{result.polygraphy_note}:", style="dim", soft_wrap=True)
+            console.print(result.trtcheck_command, style="cyan", soft_wrap=True)
         if result.layers is not None:
             from trtcheck.report.quant_report import LayerwiseView
 

@@ -61,6 +61,8 @@ class CompareRequest:
     quant: QuantRequest = field(default_factory=QuantRequest)
     # With a Q/DQ target: measure each quantized layer's error (`quant.layerwise`).
     layers: bool = False
+    # A `triton://` target: the precision the served model computes in (its tolerances).
+    served_precision: str = "fp32"
 
 
 @dataclass
@@ -197,11 +199,12 @@ def _target_of(target_model: Path | None) -> str | None:
     return f"{family}-{kind}" if kind else family
 
 
-def resolve_target(name: str | None) -> tuple[Backend, str | None]:
+def resolve_target(name: str | None, served_precision: str = "fp32"
+                   ) -> tuple[Backend, str | None]:
     from trtcheck.backends import default_target
 
     if name is not None:
-        return get_backend(name), None
+        return get_backend(name, served_precision), None
     chosen, reason = default_target()
     return get_backend(chosen), f"target {chosen}: {reason}"
 
@@ -307,7 +310,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     reference = get_backend(request.reference)
     target, target_note = resolve_target(
         request.target or ("trt" if request.options.engine is not None else None)
-        or _target_of(request.quant.target_model))
+        or _target_of(request.quant.target_model), request.served_precision)
     if request.options.engine is not None:
         target_note = "; ".join(filter(None, [target_note, _engine_note(request.options.engine,
                                                                           target)])) or None
@@ -337,6 +340,15 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
             target_model, notes = quantized_target(model, target, request.quant,
                                                    request.inputs, options.work_dir)
         target_note = "; ".join(filter(None, [target_note, *notes])) or None
+    if target.family == "triton":
+        from trtcheck.deploy.triton_target import check_target
+
+        # The server's model against the ONNX model, before any input is sent (in a child:
+        # Triton's clients do not survive a fork once used).
+        with step(f"checking the model {target.name} serves"):
+            served = isolation.call(check_target, target.name, model,
+                                    what=f"Triton server {target.name}")
+        target_note = "; ".join(filter(None, [target_note, f"serves {served.describe()}"]))
     if request.layers and quantized_type(target_model.proto) is None:
         raise UsageError("--layers measures the layers of a Q/DQ target: pick an int8/fp8 "
                          "target or give --target-model QDQ.onnx")
@@ -397,12 +409,17 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         write_atomically(written, lambda path: save_json(feeds.iterations, path, "inputs"))
         load_inputs = str(written)
     # Polygraphy takes the default's atol as resolved per output (its magnitude rule is ours).
-    command = polygraphy_command(
-        str(model.path), target, reference, feeds, request.inputs,
-        tolerances.with_atols({d.name: d.tolerance.atol for d in outputs
-                               if d.tolerance.atol_of_max is not None}), options, trt_major,
-        load_inputs=load_inputs, target_model_path=str(target_model.path))
-    note = polygraphy_note(str(model.path), target, options, trt_major, str(target_model.path))
+    command = ""
+    note: str | None = ("a live Triton server has no `polygraphy run` equivalent: the trtcheck "
+                        "command repeats this check")
+    if target.family != "triton":
+        command = polygraphy_command(
+            str(model.path), target, reference, feeds, request.inputs,
+            tolerances.with_atols({d.name: d.tolerance.atol for d in outputs
+                                   if d.tolerance.atol_of_max is not None}), options, trt_major,
+            load_inputs=load_inputs, target_model_path=str(target_model.path))
+        note = polygraphy_note(str(model.path), target, options, trt_major,
+                               str(target_model.path))
     class_scores = [d.name for d in outputs if d.method == "top1"]
     if class_scores:
         # The printed command stays runnable; what it checks differs for these outputs.
