@@ -42,8 +42,12 @@ the manifest's shapes and value ranges (seeds 100-107; zoo models: [-1, 1]), bat
 sequence 128. So the numbers say how the search behaves on real graphs at real sizes, not how
 a trained model's accuracy fares.
 
-Run it from the repository root, in the project's venv (about 10-15 minutes on 2 cores, most of
-it ViT-B/16, BERT-base and Whisper; the zoo and CNNs take a minute or two):
+Run it from the repository root, in the project's venv. On 2 shared cores it took about 13
+minutes (2026-11): the zoo and CNNs with the ranking 1.7 min, Whisper 1.5 min, BERT 1.4 min and
+ViT-B/16 8 min, 7 of them its strict search (each candidate is quantized again, calibration
+included: about 17 s a run). BERT's int8 runs stop at exit 2 while `quant.layerwise` cannot pair
+its -inf mask constant; once they run, its strict search adds minutes of the same kind (use
+--only to leave it out):
 
     .venv/bin/python bench/int8_fix.py
     .venv/bin/python bench/int8_fix.py --only resnet18_classic channel_outlier_cnn
@@ -400,9 +404,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_onnxruntime() -> None:
+    """ONNX Runtime's log and its quantizer's warnings (Python's root logger) off the table."""
+    import logging
+
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
+    logging.getLogger().setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":
