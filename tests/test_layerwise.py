@@ -361,3 +361,32 @@ def test_the_sqnr_plot_is_a_stable_svg(errors):
     assert svg.startswith("<svg") and svg.rstrip().endswith("</svg>")
     assert svg == layerwise_sqnr(list(reversed(documents)), "channel_outlier_cnn")
 
+
+
+def test_a_mask_filled_with_minus_infinity_pairs(tmp_path):
+    # BERT's attention mask: Where(mask, scores, -inf) before the softmax; -inf - -inf is nan,
+    # so identical constants must be matched as equal before any distance is taken.
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtcheck.quant.quantize import QuantSettings, quantize_model
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.tril(np.ones((4, 8), bool)), "mask"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "fill")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["scores"], name="q"),
+             helper.make_node("Where", ["mask", "scores", "fill"], ["masked"], name="mask"),
+             helper.make_node("Softmax", ["masked"], ["probs"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["probs", "w2"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "masked", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 4, 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 8])], inits)
+    path = tmp_path / "masked.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    fp32 = load_model(path)
+    feeds = [{"x": rng.standard_normal((1, 4, 8)).astype(np.float32)} for _ in range(3)]
+    qdq_path = tmp_path / "masked.qdq.onnx"
+    onnx.save(quantize_model(fp32, QuantSettings("int8"), calibration=feeds), str(qdq_path))
+    pairs = dict(pair_layers(fp32.proto, load_model(qdq_path).proto))
+    assert pairs["q"] == "q" and pairs["out"] == "out"

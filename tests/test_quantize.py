@@ -390,3 +390,18 @@ def test_synthetic_calibration_set_warns_and_calibrates(loaded):
     assert "seeds 5..8" in warning
     quantized = quantize_model(model, QuantSettings("int8"), synthetic)
     assert any(node.op_type == "QuantizeLinear" for node in quantized.graph.node)
+
+
+def test_calibrated_amax_quantizes_again_to_the_same_scales(tmp_path):
+    from trtcheck.quant.quantize import calibrated_amax
+    from trtcheck.quant.trt_cache import cache_from_qdq
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), str(path))
+    model = load_model(path)
+    feeds = [{"image": np.random.default_rng(seed).random((1, 3, 32, 32), dtype=np.float32)}
+             for seed in range(4)]
+    calibrated = quantize_model(model, QuantSettings("int8"), calibration=feeds)
+    again = quantize_model(model, QuantSettings("int8"),
+                           amax=calibrated_amax(model, QuantSettings("int8"), feeds))
+    assert cache_from_qdq(again).scales == cache_from_qdq(calibrated).scales

@@ -37,6 +37,11 @@ class PrecisionFix:
     # For a quantized target, the same nodes as the quantizers' exclude lists, by quantizer
     # ("onnxruntime", "modelopt"): `keep_fp32` then means "leave unquantized".
     exclude_lists: dict[str, list[str]] | None = None
+    # Each output's cosine against the reference before and after the fix (quantized targets).
+    cosine_before: dict[str, float] | None = None
+    cosine_after: dict[str, float] | None = None
+    # False when the search ran out of runs before trying to drop every member.
+    minimal: bool = True
 
 
 @dataclass

@@ -5,12 +5,14 @@ Search (`find_int8_fix`):
 2. Layers are ranked by `layerwise_error`'s isolated SQNR, worst first. The isolated error is a
    layer's own loss with fp32 inputs, so it points at the cause rather than at the layers
    downstream that only inherit the error (the accumulated error grows along the graph).
-3. Grow: leave unquantized the first 1, 2, 4, ... layers of the ranking until the outputs pass.
-   Doubling finds a passing prefix in log2(layers) runs, where adding layers one at a time takes
-   as many runs as the fix has layers; the price is a prefix up to twice too large, hence:
+3. Grow: leave unquantized the first 1, 2, 4, ... layers of the ranking until the outputs pass,
+   then bisect between the last failing step and it for the shortest passing prefix. Doubling and
+   bisecting find it in about 2 log2(layers) runs, where adding layers one at a time takes as
+   many runs as the fix has layers.
 4. Shrink: try dropping each member, the least bad first and the worst last (the worst is the
    likeliest to be needed), keeping a drop whenever the rest still passes. What is left is
-   minimal in the sense that no single member can go. A set already run is never run again.
+   minimal in the sense that no single member can go (`Int8Fix.minimal`; False when the runs
+   ran out first). A set already run is never run again.
 5. Verify: the model for the final set is built again and run, so `verified` is about the very
    model returned. At most `max_runs` candidate models are built and run in all (one is kept for
    the verification); a search that runs out returns `verified=False` and the best candidate
@@ -96,6 +98,8 @@ class Int8Fix:
     model: onnx.ModelProto | None = field(default=None, repr=False)
     # The quantized layers ranked by isolated error, when the search ranked them.
     layers: tuple[LayerError, ...] = ()
+    # Whether dropping any one member was tried and failed (False: the runs ran out first).
+    minimal: bool = True
 
 
 @dataclass
@@ -173,7 +177,7 @@ def find_int8_fix(fp32: LoadedModel, qdq: LoadedModel, feeds: Sequence[dict[str,
     ranked = layerwise_error(fp32, qdq, feeds)
     search = _Search(ranked, _builder(qdq, ranked, requantize), judge, max_runs, runs=1)
     search.tried[frozenset()] = _Candidate((), False, _worst(before), before, qdq.proto)
-    chosen = _shrink(search, _grow(search))
+    chosen, minimal = _shrink(search, _narrow(search, _grow(search)))
     if chosen is None:
         result = search.best()
         verified = False
@@ -185,7 +189,7 @@ def find_int8_fix(fp32: LoadedModel, qdq: LoadedModel, feeds: Sequence[dict[str,
     names = [node.node for node in excluded]
     return Int8Fix(excluded, verified, search.runs, time.perf_counter() - started, before,
                    result.cosines, names, [re.escape(name) + _MODELOPT_END for name in names],
-                   result.model, tuple(ranked))
+                   result.model, tuple(ranked), minimal and verified)
 
 
 def _grow(search: _Search) -> tuple[int, ...] | None:
@@ -202,17 +206,38 @@ def _grow(search: _Search) -> tuple[int, ...] | None:
     return None
 
 
-def _shrink(search: _Search, chosen: tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """`chosen` without each member whose absence still passes, the least bad tried first."""
+def _narrow(search: _Search, chosen: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The shortest passing prefix, bisected between the failed doubling step and `chosen`.
+
+    log2 runs, where shrinking member by member costs one run each.
+    """
     if chosen is None:
         return None
+    failing, passing = len(chosen) // 2, len(chosen)
+    while passing - failing > 1 and search.can_run():
+        middle = (failing + passing) // 2
+        if search.run(tuple(range(middle))).passed:
+            passing = middle
+        else:
+            failing = middle
+    return tuple(range(passing))
+
+
+def _shrink(search: _Search, chosen: tuple[int, ...] | None
+            ) -> tuple[tuple[int, ...] | None, bool]:
+    """`chosen` without each member whose absence still passes, the least bad tried first.
+
+    Also whether every member was tried (the set is minimal) before the runs ran out.
+    """
+    if chosen is None:
+        return None, False
     for member in sorted(chosen, reverse=True):
         rest = tuple(layer for layer in chosen if layer != member)
         if frozenset(rest) not in search.tried and not search.can_run():
-            break
+            return chosen, False
         if search.run(rest).passed:
             chosen = rest
-    return chosen
+    return chosen, True
 
 
 def _builder(qdq: LoadedModel, ranked: list[LayerError],

@@ -245,6 +245,10 @@ def _constant_distance(quantized: np.ndarray, reference: np.ndarray) -> float | 
     if not all(floats):
         return 0.0 if not any(floats) and np.array_equal(quantized.ravel(),
                                                          reference.ravel()) else None
+    if np.array_equal(quantized.ravel(), reference.ravel(), equal_nan=True):
+        return 0.0  # also a mask fill of -inf, which no distance can measure (inf - inf)
+    if not (np.isfinite(quantized).all() and np.isfinite(reference).all()):
+        return None
     difference = quantized.astype(np.float64).ravel() - reference.astype(np.float64).ravel()
     noise = float(np.linalg.norm(difference))
     if noise == 0.0:
@@ -324,7 +328,8 @@ def _pair_node(pairing: Pairing, index: int, taken: set[int]) -> int:
     if best is None:
         raise ModelError(f"node '{_name(node)}' ({node.op_type}) of the Q/DQ model has no "
                          "counterpart in the fp32 model (no node of that op reads the same "
-                         "inputs and weights); pass the fp32 model the Q/DQ model was made from")
+                         "inputs and weights): the two models differ there; compare the Q/DQ "
+                         "model with the fp32 model it was made from")
     return best[1]
 
 

@@ -106,6 +106,23 @@ def quantize_model(model: LoadedModel, settings: QuantSettings,
     return quantized
 
 
+def calibrated_amax(model: LoadedModel, settings: QuantSettings,
+                    calibration: Sequence[Feed]) -> dict[str, float]:
+    """The activation ranges `quantize_model` calibrates on `calibration`, as amax per tensor.
+
+    Quantizing again with them (`amax=`) gives the same scales without running the feeds
+    through the model again: what the INT8 fix does for each candidate set of exclusions.
+    """
+    _check_sources(model, calibration, None)
+    from trtcheck.atomic import session_work_folder
+
+    with tempfile.TemporaryDirectory(prefix="calibrate-", dir=session_work_folder()) as work:
+        prepared, large = _prepare(model, Path(work))
+        ranges = _calibrate(prepared, large, calibration, settings, Path(work))
+    return {name: float(max(abs(float(np.max(low))), abs(float(np.max(high)))))
+            for name, (low, high) in ((name, data.range_value) for name, data in ranges.items())}
+
+
 def _check_sources(model: LoadedModel, calibration: Sequence[Feed] | None,
                    amax: dict[str, float] | None) -> None:
     if (calibration is None) == (amax is None):

@@ -113,6 +113,8 @@ class BisectView:
 def _unquantized(fix: PrecisionFix) -> list[Any]:
     """A quantized target's fix: the nodes to leave unquantized, as each quantizer takes them."""
     state = "verified" if fix.verified else "NOT verified"
+    if fix.verified and not fix.minimal:
+        state += ", perhaps not minimal"
     parts: list[Any] = [Text(f"INT8 fix: leave {', '.join(fix.keep_fp32)} unquantized ({state}, "
                              f"{fix.target_runs} run(s))",
                              style="green" if fix.verified else "yellow")]
