@@ -395,3 +395,27 @@ def test_the_cli_compares_a_live_server_and_repeats_with_trtcheck(served, trtche
     closed = trtcheck_cli("compare", ZOO / "demo.onnx", "--target",
                           f"triton://127.0.0.1:{free_ports(1)[0]}/demo", "--timeout", "20")
     assert closed.code == 3 and len(closed.stderr.strip().splitlines()) == 1
+
+
+def test_a_suite_target_can_be_a_live_server(served, tmp_path):
+    # The same comparison from a suite: the target table names the server by URL.
+    import shutil
+
+    shutil.copy(ZOO / "demo.onnx", tmp_path / "demo.onnx")
+    (tmp_path / "live.suite.toml").write_text(
+        f'[targets.served]\nbackend = "{served.url("demo")}"\n\n'
+        '[[case]]\nname = "demo"\nmodel = "demo.onnx"\n')
+    for args in (["--trtcheck-update-golden-new-only"], ["-rA"]):
+        run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                              "live.suite.toml", *args], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "PASSED live.suite.toml::demo[served]" in run.stdout
+    bad = tmp_path / "bad.suite.toml"
+    bad.write_text('[targets.served]\nbackend = "triton://localhost:notaport/demo"\n\n'
+                   '[[case]]\nname = "demo"\nmodel = "demo.onnx"\n')
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                          "bad.suite.toml"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode != 0 and "bad.suite.toml:1: targets.served.backend:" in run.stdout
+    assert "the port must be a number" in run.stdout

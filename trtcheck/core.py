@@ -507,6 +507,7 @@ def _check_case(case: Case, target: TargetSpec, suite_name: str, golden_dir: Pat
     work_dir = artifacts / suite_name / case.name if artifacts is not None else None
     request = CompareRequest(
         model=model_path, reference=case.reference, target=target.backend,
+        served_precision=target.served_precision,
         tolerances=case.tolerances_for(target), inputs=case.inputs, passes=case.passes,
         detections=case.detections,
         options=BackendOptions(providers=target.providers, tf32=target.tf32,

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trtcheck.backend_names import BACKENDS
-from trtcheck.errors import TrtcheckError
+from trtcheck.backend_names import BACKENDS, Backend, get_backend
+from trtcheck.errors import TrtcheckError, UsageError
 from trtcheck.inputs import (
     DEFAULT_SEED,
     GENERATORS,
@@ -43,7 +43,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 _TOP_KEYS = {"suite", "targets", "defaults", "case"}
 _SUITE_KEYS = {"name", "description", "timeout"}
-_TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description"}
+_TARGET_KEYS = {"backend", "providers", "tf32", "keep_fp32", "description", "served_precision"}
+_SERVED_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 # Where an int8/fp8 target's Q/DQ model comes from (`QuantRequest`); the first three are
 # its source, of which a table gives one: a case's source replaces the defaults'.
 _QUANT_SOURCES = ("calibration", "calibration_cache", "target_model")
@@ -81,19 +82,25 @@ class TargetSpec:
     providers: tuple[str, ...] = ("cpu",)
     tf32: bool = False
     keep_fp32: frozenset[str] = frozenset()
+    # A `triton://` backend: the precision the served model computes in (its tolerances).
+    served_precision: str = "fp32"
+
+    @property
+    def resolved(self) -> Backend:
+        return get_backend(self.backend, self.served_precision)
 
     @property
     def precision(self) -> str:
-        return BACKENDS[self.backend].precision
+        return self.resolved.precision
 
     @property
     def family(self) -> str:
-        return BACKENDS[self.backend].family
+        return self.resolved.family
 
     @property
     def quantized(self) -> bool:
         """int8/fp8: runs the case's Q/DQ model (`Case.quant`)."""
-        return BACKENDS[self.backend].quantized
+        return self.resolved.quantized
 
 
 @dataclass(frozen=True)
@@ -552,10 +559,21 @@ def _targets(raw: Any, where: _Where) -> dict[str, TargetSpec]:
         _expect(table, dict, at, f"targets.{name}")
         _unknown_keys(table, _TARGET_KEYS, f"{at}: [targets.{name}]")
         backend = _expect(table.get("backend"), str, at, f"targets.{name}.backend")
-        if backend not in BACKENDS:
+        try:
+            served = get_backend(backend)
+        except UsageError as err:
+            if backend.startswith("triton"):
+                raise SuiteError(f"{at}: targets.{name}.backend: {err}") from None
             raise SuiteError(f"{at}: targets.{name}.backend '{backend}' is unknown; choose one of: "
-                             f"{', '.join(BACKENDS)}")
+                             f"{', '.join(BACKENDS)}, or triton://HOST:PORT/MODEL") from None
+        precision = _expect(table.get("served_precision", "fp32"), str, at,
+                            f"targets.{name}.served_precision")
+        if precision not in _SERVED_PRECISIONS or (
+                served.family != "triton" and "served_precision" in table):
+            raise SuiteError(f"{at}: targets.{name}.served_precision '{precision}': give one of "
+                             f"{', '.join(_SERVED_PRECISIONS)}, for a triton:// backend only")
         targets[name] = TargetSpec(
+            served_precision=precision,
             name=name, backend=backend,
             providers=_string_list(table.get("providers", ["cpu"]), at, "providers"),
             tf32=_expect(table.get("tf32", False), bool, at, "tf32"),
