@@ -211,8 +211,9 @@ def test_given_amax_sets_scales_and_leaves_unranged_nodes_float(loaded):
     assert gemm.input[0] not in made_by or made_by[gemm.input[0]].op_type != "DequantizeLinear"
     with pytest.raises(InputDataError, match="name no input"):
         quantize_model(model, QuantSettings("int8"), amax={"no/such/tensor": 1.0})
-    with pytest.raises(InputDataError, match="positive finite"):
-        quantize_model(model, QuantSettings("int8"), amax={"image": 0.0})
+    for value in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(InputDataError, match="must be a finite number"):
+            quantize_model(model, QuantSettings("int8"), amax={"image": value})
 
 
 def test_exactly_one_source_of_ranges_and_known_settings(loaded):
@@ -404,4 +405,32 @@ def test_calibrated_amax_quantizes_again_to_the_same_scales(tmp_path):
     calibrated = quantize_model(model, QuantSettings("int8"), calibration=feeds)
     again = quantize_model(model, QuantSettings("int8"),
                            amax=calibrated_amax(model, QuantSettings("int8"), feeds))
+    assert cache_from_qdq(again).scales == cache_from_qdq(calibrated).scales
+
+
+
+def test_an_activation_that_is_always_zero_quantizes_the_same_both_ways(tmp_path):
+    # EfficientNet has such tensors (a Conv input that is all zero on the calibration feeds):
+    # its calibrated range is 0, which quantizing again with amax must take as it is.
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtcheck.quant.quantize import calibrated_amax
+    from trtcheck.quant.trt_cache import cache_from_qdq
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Neg", ["x"], ["negative"]),
+             helper.make_node("Relu", ["negative"], ["zero"]),
+             helper.make_node("Conv", ["zero", "w"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "zero", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [1, 3, 4, 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [1, 4, 4, 4])], [weight])
+    path = tmp_path / "zero.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load_model(path)
+    feeds = [{"x": np.random.default_rng(seed).random((1, 3, 4, 4), dtype=np.float32)}
+             for seed in range(3)]
+    amax = calibrated_amax(model, QuantSettings("int8"), feeds)
+    assert amax["zero"] == 0.0
+    calibrated = quantize_model(model, QuantSettings("int8"), calibration=feeds)
+    again = quantize_model(model, QuantSettings("int8"), amax=amax)
     assert cache_from_qdq(again).scales == cache_from_qdq(calibrated).scales

@@ -130,10 +130,13 @@ def _check_sources(model: LoadedModel, calibration: Sequence[Feed] | None,
     if calibration is not None and not calibration:
         raise InputDataError(f"calibration set for {model.path.name} is empty; give at least one "
                              "feed")
+    from trtcheck.tolerance import check_tolerance_value
+
+    # 0 is a tensor that was all zero on the calibration feeds (ONNX Runtime's calibrator gives
+    # such ranges; the quantizer then uses a scale of 1).
     for name, value in (amax or {}).items():
-        if not (np.isfinite(value) and value > 0):
-            raise InputDataError(f"amax of tensor '{name}' is {value}; a range is a positive "
-                                 "finite number (amax = int8 scale x 127)")
+        check_tolerance_value(f"amax of tensor '{name}' (int8 scale x 127)", value,
+                              error=InputDataError)
 
 
 def _check_exclude(model: LoadedModel, settings: QuantSettings) -> None:
