@@ -434,3 +434,17 @@ def test_an_activation_that_is_always_zero_quantizes_the_same_both_ways(tmp_path
     calibrated = quantize_model(model, QuantSettings("int8"), calibration=feeds)
     again = quantize_model(model, QuantSettings("int8"), amax=amax)
     assert cache_from_qdq(again).scales == cache_from_qdq(calibrated).scales
+
+
+def test_excluding_every_node_leaves_the_model_unquantized(tmp_path):
+    from trtcheck.quant.quantize import calibrated_amax
+
+    path = tmp_path / "cnn.onnx"
+    onnx.save(cnn(), str(path))
+    model = load_model(path)
+    feeds = [{"image": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}]
+    every = tuple(n.name for n in model.proto.graph.node if n.op_type in ("Conv", "Gemm"))
+    amax = calibrated_amax(model, QuantSettings("int8"), feeds)
+    unquantized = quantize_model(model, QuantSettings("int8", exclude=every), amax=amax)
+    assert not {"QuantizeLinear", "DequantizeLinear"} & {n.op_type for n in unquantized.graph.node}
+    assert len(unquantized.graph.node) == len(model.proto.graph.node)

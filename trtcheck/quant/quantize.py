@@ -99,6 +99,12 @@ def quantize_model(model: LoadedModel, settings: QuantSettings,
             assert calibration is not None
             ranges = _calibrate(prepared, large, calibration, settings, Path(work))
             nodes = None
+        if nodes == []:
+            # Every covered node excluded: nothing to quantize (the quantizer would read an
+            # empty list as "all nodes").
+            from trtcheck.model import copy_model
+
+            return copy_model(model.proto)
         quantized = _insert_qdq(prepared, ranges, nodes, settings)
     if settings.precision == "fp8":
         _int8_to_fp8(quantized)
@@ -212,10 +218,12 @@ def _given_ranges(model: LoadedModel, amax: dict[str, float], settings: QuantSet
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
     weights = {init.name for init in model.proto.graph.initializer}
-    nodes = [node.name for node in model.proto.graph.node
-             if node.op_type in QUANTIZED_OP_TYPES and node.name not in settings.exclude
-             and all(name in amax for name in node.input[:2] if name and name not in weights)]
-    if not nodes:
+    covered = [node.name for node in model.proto.graph.node
+               if node.op_type in QUANTIZED_OP_TYPES
+               and all(name in amax for name in node.input[:2] if name and name not in weights)]
+    # Excluding every covered node leaves nothing quantized: a candidate of the INT8 fix.
+    nodes = [name for name in covered if name not in settings.exclude]
+    if not covered:
         raise InputDataError(
             f"the amax ranges name no input of a {'/'.join(QUANTIZED_OP_TYPES)} node of "
             f"{model.path.name}; give ranges for its tensors by their ONNX names")
