@@ -42,15 +42,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from timing import BenchError, Row, Timer, bench_environment
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "zoo" / "demo.onnx"
@@ -70,28 +69,8 @@ BASELINE = "polygraphy --onnxrt --onnxrt"
 HELP_BASELINE = "polygraphy --help"
 HELP_BUDGET_S = 0.2
 EXTRA_WORK_MARK = "*"
-# Set by `main`: the environment every timed command runs in (see the module docstring).
-ENVIRONMENT: dict[str, str] = {}
-
-
-class BenchError(RuntimeError):
-    """A command could not run: the bench stops and says why."""
-
-
-@dataclass
-class Row:
-    label: str
-    argv: list[str]
-    times: list[float] = field(default_factory=list)
-    exit_codes: list[int] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def best(self) -> float:
-        return min(self.times)
+# Set by `main`: runs every timed command (see the module docstring and bench/timing.py).
+TIMER = Timer(ok_exit_codes=OK_EXIT_CODES)
 
 
 @dataclass
@@ -106,24 +85,6 @@ class ModelBench:
 
     def ratio(self, row: Row) -> float:
         return row.median / self.baseline().median
-
-
-def run(argv: list[str], timeout: float) -> tuple[float, int]:
-    """Run one command; return its wall time in seconds and its exit code."""
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env=ENVIRONMENT or None)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"timed out after {timeout:g} s: {_shell(argv)}") from exc
-    elapsed = time.perf_counter() - start
-    if proc.returncode not in OK_EXIT_CODES:
-        raise BenchError(
-            f"exit code {proc.returncode} (expected 0 or 1): {_shell(argv)}\n"
-            f"--- stderr ---\n{proc.stderr.rstrip()}\n"
-            f"--- stdout (last 20 lines) ---\n" + "\n".join(proc.stdout.splitlines()[-20:])
-        )
-    return elapsed, proc.returncode
 
 
 def _shell(argv: list[str]) -> str:
@@ -175,12 +136,12 @@ def commands(model: Path, inputs: Path) -> list[Row]:
 def bench_model(name: str, path: Path, input_flags: list[str], workdir: Path, repeats: int,
                 timeout: float) -> ModelBench:
     inputs = workdir / f"{name}.inputs.json"
-    run([*TRTCHECK, "compare", str(path), "--reference", "onnxrt", "--target", "onnxrt",
+    TIMER.run([*TRTCHECK, "compare", str(path), "--reference", "onnxrt", "--target", "onnxrt",
          *input_flags, "--save-inputs", str(inputs)], timeout)
     if not inputs.exists():
         raise BenchError(f"trtcheck --save-inputs did not write {inputs}")
     rows = commands(path, inputs)
-    time_rows(rows, repeats, timeout)
+    TIMER.time_rows(rows, repeats, timeout)
     return ModelBench(name, path, rows)
 
 
@@ -188,18 +149,8 @@ def bench_help(repeats: int, timeout: float) -> ModelBench:
     """`trtcheck --help` next to `polygraphy --help`: start-up and argument parsing alone."""
     rows = [Row("trtcheck --help", [*TRTCHECK, "--help"]),
             Row(HELP_BASELINE, [str(POLYGRAPHY), "--help"])]
-    time_rows(rows, repeats, timeout)
+    TIMER.time_rows(rows, repeats, timeout)
     return ModelBench("(start-up)", None, rows, HELP_BASELINE)
-
-
-def time_rows(rows: list[Row], repeats: int, timeout: float) -> None:
-    for row in rows:  # warm-up, untimed
-        run(row.argv, timeout)
-    for _ in range(repeats):  # interleaved: A, B, C, A, B, C, ...
-        for row in rows:
-            elapsed, code = run(row.argv, timeout)
-            row.times.append(elapsed)
-            row.exit_codes.append(code)
 
 
 def render(results: list[ModelBench], repeats: int) -> str:
@@ -291,9 +242,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with tempfile.TemporaryDirectory(prefix="trtcheck-bench-") as tmp:
-            ENVIRONMENT.update({k: v for k, v in os.environ.items()
-                                if k != "PYTHONDONTWRITEBYTECODE"})
-            ENVIRONMENT["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
+            TIMER.environment = bench_environment(Path(tmp) / "pycache")
             results = []
             for name, path, input_flags in models():
                 print(f"benching {name} ...", file=sys.stderr, flush=True)

@@ -37,18 +37,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from timing import Row, Timer, bench_environment
 
 if TYPE_CHECKING:
     from tests.triton_server import TritonServer
@@ -63,12 +61,8 @@ SEED = "0"
 LOCAL = "local onnxrt"
 HTTP = "triton http"
 GRPC = "triton grpc"
-# Set by `main`: the environment every timed command runs in (see `bench_environment`).
-ENVIRONMENT: dict[str, str] = {}
-
-
-class BenchError(RuntimeError):
-    """A command failed or hung: the bench stops and says why."""
+# Set by `main`: runs every timed command (bench/timing.py).
+TIMER = Timer()
 
 
 @dataclass(frozen=True)
@@ -79,22 +73,6 @@ class BenchModel:
     path: Path
     max_batch_size: int = 0
     input_shapes: tuple[str, ...] = ()
-
-
-@dataclass
-class Row:
-    label: str
-    argv: list[str]
-    times: list[float] = field(default_factory=list)
-    exit_codes: list[int] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
-
-    @property
-    def best(self) -> float:
-        return min(self.times)
 
 
 @dataclass
@@ -132,32 +110,6 @@ def commands(model: BenchModel, http_url: str, grpc_url: str) -> list[Row]:
             Row(LOCAL, [*compare, "--target", "onnxrt", *flags])]
 
 
-def run(argv: list[str], timeout: float) -> tuple[float, int]:
-    """Runs one command; its wall time in seconds and its exit code (which must be 0)."""
-    start = time.perf_counter()
-    try:
-        done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                              env=ENVIRONMENT or None, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"timed out after {timeout:g} s: {' '.join(argv)}") from exc
-    elapsed = time.perf_counter() - start
-    if done.returncode != 0:
-        raise BenchError(f"exit code {done.returncode} (expected 0): {' '.join(argv)}\n"
-                         f"--- stderr ---\n{done.stderr.rstrip()}\n--- stdout (last 20 lines) "
-                         "---\n" + "\n".join(done.stdout.splitlines()[-20:]))
-    return elapsed, done.returncode
-
-
-def time_rows(rows: list[Row], repeats: int, timeout: float) -> None:
-    for row in rows:  # warm-up, untimed
-        run(row.argv, timeout)
-    for _ in range(repeats):  # interleaved: A, B, C, A, B, C, ...
-        for row in rows:
-            elapsed, code = run(row.argv, timeout)
-            row.times.append(elapsed)
-            row.exit_codes.append(code)
-
-
 def execution_count(http_port: int, name: str) -> int:
     """How many times the server has executed the model (its statistics endpoint)."""
     address = f"http://127.0.0.1:{http_port}/v2/models/{name}/stats"
@@ -169,7 +121,7 @@ def bench_model(model: BenchModel, server: TritonServer, repeats: int,
                 timeout: float) -> ModelResult:
     rows = commands(model, server.url(model.name), server.url(model.name, grpc=True))
     before = execution_count(server.http_port, model.name)
-    time_rows(rows, repeats, timeout)
+    TIMER.time_rows(rows, repeats, timeout)
     live_runs = 2 * (repeats + 1)  # HTTP and gRPC rows, warm-up included
     executions = execution_count(server.http_port, model.name) - before
     return ModelResult(model, rows, executions / live_runs)
@@ -187,14 +139,6 @@ def stopped_on_sigterm() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
-
-
-def bench_environment(pycache: Path) -> dict[str, str]:
-    """The CLI's environment: bytecode cached in a folder of the bench's own (filled by the
-    warm-up), as an installed wheel has its .pyc files; all three rows pay the same start-up."""
-    environment = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    environment["PYTHONPYCACHEPREFIX"] = str(pycache)
-    return environment
 
 
 def render(results: list[ModelResult], repeats: int) -> str:
@@ -245,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     served = [ServedModel(m.name, onnx.load(str(m.path)), max_batch_size=m.max_batch_size)
               for m in models]
     with tempfile.TemporaryDirectory(prefix="trtcheck-triton-bench-") as tmp:
-        ENVIRONMENT.update(bench_environment(Path(tmp) / "pycache"))
+        TIMER.environment = bench_environment(Path(tmp) / "pycache")
         try:
             with stopped_on_sigterm(), serving(venv, Path(tmp), served) as server:
                 print(f"tritonserver pid {server.pid}: http {server.http_port}, "
