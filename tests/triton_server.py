@@ -86,9 +86,10 @@ class TritonPythonModel:
         return responses
 '''
 
-_TRITON_TYPES: dict[int, str] = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
-                 onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32",
-                 onnx.TensorProto.BOOL: "TYPE_BOOL"}
+_TRITON_TYPES: dict[int, str] = {
+    onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+    onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.INT32: "TYPE_INT32",
+    onnx.TensorProto.BOOL: "TYPE_BOOL"}
 
 
 class VenvUnavailable(Exception):
