@@ -59,8 +59,9 @@ def test_the_model_is_hashed_once_and_only_when_asked(monkeypatch):
     from trtcheck import model as model_module
 
     hashed: list[Path] = []
-    real = model_module.sha256_of
-    monkeypatch.setattr(model_module, "sha256_of", lambda path: hashed.append(path) or real(path))
+    real = model_module._hash_from
+    monkeypatch.setattr(model_module, "_hash_from",
+                        lambda path, *rest: hashed.append(path) or real(path, *rest))
     model = load_model(ZOO / "real" / "bert_tiny_classic.onnx")
     assert hashed == []
     expected = hashlib.sha256(model.path.read_bytes()).hexdigest()
@@ -201,3 +202,21 @@ def test_the_cli_exits_without_teardown_yet_flushes_and_cleans_up(tmp_path):
     assert "Same check with TensorRT" in stdout  # the last lines printed reached the pipe
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
     assert set(Path(tempfile.gettempdir()).glob(f"trtcheck-work-{process.pid}-*")) == set()
+
+
+def test_the_hash_made_while_waiting_stops_and_resumes(tmp_path):
+    path = tmp_path / "big.onnx"
+    onnx_bytes = (ZOO / "demo.onnx").read_bytes()
+    path.write_bytes(onnx_bytes)
+    model = load_model(path)
+    model.hash_while(lambda: True)  # a small file: done while waiting
+    assert model.__dict__["sha256"] == hashlib.sha256(onnx_bytes).hexdigest()
+    big = tmp_path / "three-megabytes.bin"
+    big.write_bytes(bytes(range(256)) * (3 * 4096 + 7))
+    from trtcheck.model import LoadedModel
+
+    partial = LoadedModel(big, model.proto, model.inputs, model.output_names)
+    steps = iter([True, True, False])
+    partial.hash_while(lambda: next(steps, False))
+    assert partial.__dict__["_partial_hash"][1] == 2 << 20  # stopped after two megabytes
+    assert partial.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()

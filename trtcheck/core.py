@@ -370,7 +370,8 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     # Both runs in one child process: one fork less (`run.run_backends`); the model's hash,
     # needed for the report only, is computed meanwhile.
     with step(f"running the reference ({reference.name}), then {building} the target "
-              f"({target.name})"), isolation.meanwhile(lambda: model.sha256):
+              f"({target.name})"), isolation.meanwhile(
+                  lambda: model.hash_while(isolation.still_busy)):
         run_results.extend(reference_cache.run_with(
             BackendRun(model, reference, options, feeds.iterations, reference_name),
             BackendRun(target_model, target, options, feeds.iterations, target_name)))

@@ -105,14 +105,29 @@ def meanwhile(*work: Callable[[], object]) -> Iterator[None]:
         _MEANWHILE.reset(token)
 
 
+# While a `meanwhile` item runs: whether the child still works. An item that can stop halfway
+# (hashing a large file) asks it between steps, so that it never delays a result.
+_STILL_BUSY: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
+    "trtcheck_still_busy", default=lambda: False)
+
+
+def still_busy() -> bool:
+    """In a `meanwhile` item: True while the child it overlaps still works."""
+    return _STILL_BUSY.get()()
+
+
 def _do_meanwhile(busy: Callable[[], bool]) -> None:
     """Does the pending `meanwhile` work item by item while `busy()` (the child still works)."""
     work = list(_MEANWHILE.get())
-    while work and busy():
-        item = work.pop(0)
-        _MEANWHILE.set(tuple(work))
-        with contextlib.suppress(Exception):
-            item()
+    token = _STILL_BUSY.set(busy)
+    try:
+        while work and busy():
+            item = work.pop(0)
+            _MEANWHILE.set(tuple(work))
+            with contextlib.suppress(Exception):
+                item()
+    finally:
+        _STILL_BUSY.reset(token)
 
 
 def call(func: Callable[..., T], *args: Any, what: str) -> T:
@@ -153,15 +168,17 @@ class Started:
     def send(self, *args: Any, meanwhile: bool = True) -> None:
         """Hands the child the rest of its arguments; `meanwhile` work is done while it prepares.
 
-        Writing the arguments blocks until the child reads them once they outgrow the pipe's
-        buffer, and it reads them only when prepared: the work goes first while it is not.
+        Arguments that fit in the connection's buffer go at once, and the work is done after
+        (by `result`): the child starts the moment it is prepared. Larger ones block until the
+        child reads them, which it does only when prepared: the work goes first then.
         """
         try:
-            if meanwhile:
+            message = _encoded(("args", args))
+            if meanwhile and _encoded_size(message) > _BUFFERED_BYTES:
                 _do_meanwhile(lambda: not self._connection.poll(0))
             if self._connection.poll(0):
                 self._ready = _receive(self._connection)[0] == "ready"
-            _send(self._connection, ("args", args))
+            _send_encoded(self._connection, message)
         except (OSError, EOFError):
             pass  # a child that died is reported by `result`
         self._sent_at = time.monotonic()
@@ -383,13 +400,31 @@ def _answer_one(sender: Connection, func: Callable[..., Any], args: tuple) -> bo
     return message[0] == "ok"
 
 
-def _send(sender: Connection, message: tuple[str, Any]) -> None:
+# What a connection takes without blocking, well under a socket pair's buffer on Linux.
+_BUFFERED_BYTES = 32 * 1024
+
+
+def _encoded(message: tuple[str, Any]) -> tuple[bytes, list[memoryview]]:
+    """The message as pickle-5 bytes and its out-of-band buffers (arrays, not copied)."""
     buffers: list[pickle.PickleBuffer] = []
     header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    raws = [buffer.raw() for buffer in buffers]
+    return header, [buffer.raw() for buffer in buffers]
+
+
+def _encoded_size(encoded: tuple[bytes, list[memoryview]]) -> int:
+    header, raws = encoded
+    return len(header) + sum(raw.nbytes for raw in raws)
+
+
+def _send_encoded(sender: Connection, encoded: tuple[bytes, list[memoryview]]) -> None:
+    header, raws = encoded
     sender.send((header, [raw.nbytes for raw in raws]))
     for raw in raws:
         sender.send_bytes(raw)
+
+
+def _send(sender: Connection, message: tuple[str, Any]) -> None:
+    _send_encoded(sender, _encoded(message))
 
 
 def _receive(receiver: Connection) -> tuple[str, Any]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -49,12 +50,25 @@ class LoadedModel:
 
     @functools.cached_property
     def sha256(self) -> str:
-        """The file's sha256, computed on first use.
+        """The file's sha256, computed on first use (from where `hash_while` stopped).
 
         Hashing a large model costs about as much as loading it; a comparison needs it only for
-        its report, and computes it while the backends run (`isolation.meanwhile`).
+        its report, and hashes while the backends run (`isolation.meanwhile`, `hash_while`).
         """
-        return sha256_of(self.path)
+        digest, offset = self.__dict__.pop("_partial_hash", (hashlib.sha256(), 0))
+        _hash_from(self.path, digest, offset, lambda: True)
+        return digest.hexdigest()
+
+    def hash_while(self, go_on: Callable[[], bool]) -> None:
+        """Hashes the file a megabyte at a time while `go_on()`; `sha256` finishes the rest."""
+        if "sha256" in self.__dict__:
+            return
+        digest, offset = self.__dict__.pop("_partial_hash", (hashlib.sha256(), 0))
+        offset, done = _hash_from(self.path, digest, offset, go_on)
+        if done:
+            self.__dict__["sha256"] = digest.hexdigest()
+        else:
+            self.__dict__["_partial_hash"] = (digest, offset)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -128,10 +142,22 @@ def _input_infos(graph: onnx.GraphProto) -> tuple[InputInfo, ...]:
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
+    _hash_from(path, digest, 0, lambda: True)
     return digest.hexdigest()
+
+
+def _hash_from(path: Path, digest: Any, offset: int, go_on: Callable[[], bool]
+               ) -> tuple[int, bool]:
+    """Feeds `path` from `offset` to `digest` while `go_on()`; (where it stopped, whether done)."""
+    with open(path, "rb") as stream:
+        stream.seek(offset)
+        while go_on():
+            chunk = stream.read(1 << 20)
+            if not chunk:
+                return offset, True
+            digest.update(chunk)
+            offset += len(chunk)
+    return offset, False
 
 
 def load_model(path: str | os.PathLike[str], check: bool = True) -> LoadedModel:
