@@ -219,4 +219,6 @@ def test_the_hash_made_while_waiting_stops_and_resumes(tmp_path):
     steps = iter([True, True, False])
     partial.hash_while(lambda: next(steps, False))
     assert partial.__dict__["_partial_hash"][1] == 2 << 20  # stopped after two megabytes
+    later = partial.hash_later()  # what a result keeps: goes on from two megabytes
+    assert later() == hashlib.sha256(big.read_bytes()).hexdigest()
     assert partial.sha256 == hashlib.sha256(big.read_bytes()).hexdigest()

@@ -70,9 +70,4 @@ def get_backend(name: str, served_precision: str = "fp32") -> Backend:
         if is_triton_target(name):
             parse_triton_url(name)  # a bad URL is a usage error before anything runs
             return Backend(name, "triton", served_precision)
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}"
-        ) from None
+    raise UsageError(f"unknown backend '{name}'; choose one of: {', '.join(BACKENDS)}")

@@ -217,12 +217,12 @@ def _onnxrt_runner(source: bytes | str, options: BackendOptions, name: str, now:
 
 def _session_without(source: bytes | str, providers: list[str], disabled: list[str]) -> Any:
     import onnxruntime
+    from polygraphy import util
 
-    names = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "tensorrt": "TensorrtExecutionProvider"}
-    return onnxruntime.InferenceSession(
-        source, providers=[names.get(p.lower(), p) for p in providers],
-        disabled_optimizers=disabled)
+    # Provider names matched as SessionFromOnnx matches them ("cpu" -> CPUExecutionProvider).
+    available = onnxruntime.get_available_providers()
+    matched = [util.find_str_in_iterable(name, available) or name for name in providers]
+    return onnxruntime.InferenceSession(source, providers=matched, disabled_optimizers=disabled)
 
 
 def disabled_optimizers(model: LoadedModel) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from trtcheck.detections import DetectionSpec, check_specs
 from trtcheck.errors import ModelError, UsageError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
-from trtcheck.model import LoadedModel, check_model_file, load_model, sha256_of
+from trtcheck.model import LoadedModel, check_model_file, load_model
 from trtcheck.output_roles import class_score_outputs, quantized_type
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
@@ -182,20 +182,14 @@ def _engine_note(engine: Path, target: Backend) -> str | None:
     return preflight_plan(engine).note
 
 
-def _target_of(target_model: Path | None) -> str | None:
+def _target_of(given: LoadedModel | None) -> str | None:
     """The default target for `--target-model` (None without it): the backend of its type."""
-    if target_model is None:
+    if given is None:
         return None
-    import onnx
-
     from trtcheck.backends import tensorrt_usable
 
-    try:
-        proto = onnx.load(str(target_model), load_external_data=False)
-    except Exception:  # noqa: BLE001 - loading it again for the comparison says what is wrong
-        return None
     family = "trt" if tensorrt_usable() else "onnxrt"
-    kind = quantized_type(proto)
+    kind = quantized_type(given.proto)
     return f"{family}-{kind}" if kind else family
 
 
@@ -259,17 +253,6 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
         return _compare_loaded(request, model, reference_cache)
 
 
-def _hash_later(model: LoadedModel) -> Callable[[], str]:
-    """The model's sha256 as a call: the value if known, else its file's hash on first call.
-
-    Only the path is kept, not the model, so a result does not hold the weights in memory.
-    """
-    known = model.__dict__.get("sha256")  # `LoadedModel.sha256` computed meanwhile
-    if known is not None:
-        return lambda: known
-    return functools.cache(functools.partial(sha256_of, model.path))
-
-
 @contextlib.contextmanager
 def _checked_meanwhile(path: Path) -> Iterator[None]:
     """Runs `onnx.checker` on the model file while the backends run, not before.
@@ -308,9 +291,10 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
     timings: dict[str, float] = {}
     started = time.perf_counter()
     reference = get_backend(request.reference)
+    given = load_model(request.quant.target_model) if request.quant.target_model else None
     target, target_note = resolve_target(
         request.target or ("trt" if request.options.engine is not None else None)
-        or _target_of(request.quant.target_model), request.served_precision)
+        or _target_of(given), request.served_precision)
     if request.options.engine is not None:
         target_note = "; ".join(filter(None, [target_note, _engine_note(request.options.engine,
                                                                           target)])) or None
@@ -338,7 +322,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
         with step(f"{what} the target's Q/DQ model"):
             assert options.work_dir is not None
             target_model, notes = quantized_target(model, target, request.quant,
-                                                   request.inputs, options.work_dir)
+                                                   request.inputs, options.work_dir, given)
         target_note = "; ".join(filter(None, [target_note, *notes])) or None
     if target.family == "triton":
         from trtcheck.deploy.triton_target import check_target
@@ -432,7 +416,7 @@ def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                               quant=request.quant)
     timings["total"] = time.perf_counter() - started
     return ComparisonResult(
-        model_path=str(model.path), model_hash=_hash_later(model), reference=reference,
+        model_path=str(model.path), model_hash=model.hash_later(), reference=reference,
         target=target,
         target_note=target_note, tolerances=tolerances, feeds=feeds, options=options,
         outputs=outputs, timings=timings, polygraphy_command=command,

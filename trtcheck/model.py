@@ -59,6 +59,25 @@ class LoadedModel:
         _hash_from(self.path, digest, offset, lambda: True)
         return digest.hexdigest()
 
+    def hash_later(self) -> Callable[[], str]:
+        """The file's sha256 as a call that goes on from where `hash_while` stopped.
+
+        The call holds the path and the digest so far, not the model, so a result keeping it
+        does not keep the weights in memory.
+        """
+        known = self.__dict__.get("sha256")
+        if known is not None:
+            return lambda: known
+        digest, offset = self.__dict__.get("_partial_hash", (hashlib.sha256(), 0))
+        path, digest = self.path, digest.copy()
+
+        @functools.cache
+        def finish() -> str:
+            _hash_from(path, digest, offset, lambda: True)
+            return str(digest.hexdigest())
+
+        return finish
+
     def hash_while(self, go_on: Callable[[], bool]) -> None:
         """Hashes the file a megabyte at a time while `go_on()`; `sha256` finishes the rest."""
         if "sha256" in self.__dict__:

@@ -47,13 +47,17 @@ class QuantRequest:
 
 
 def quantized_target(model: LoadedModel, target: Backend, request: QuantRequest,
-                     inputs: InputSettings, work_dir: Path) -> tuple[LoadedModel, list[str]]:
-    """The Q/DQ model `target` runs, and notes for the user (synthetic calibration, cache)."""
+                     inputs: InputSettings, work_dir: Path, given: LoadedModel | None = None
+                     ) -> tuple[LoadedModel, list[str]]:
+    """The Q/DQ model `target` runs, and notes for the user (synthetic calibration, cache).
+
+    `given` is `request.target_model` loaded already, if the caller did.
+    """
     from trtcheck.model import load_model
 
     request.check()
     if request.target_model is not None:
-        given = load_model(request.target_model)
+        given = given or load_model(request.target_model)
         check_target_model(model, given)
         return given, []
     from trtcheck.quant.quantize import QuantSettings, quantized_model_path
