@@ -36,6 +36,7 @@ Run it from the repository root, in the venv where trtcheck and polygraphy are i
 
     python bench/compare_wall_time.py --repeats 5
     python bench/compare_wall_time.py --repeats 5 --json wall_time.json
+    python bench/compare_wall_time.py --repeats 9 --models bert_base_classic
 """
 
 from __future__ import annotations
@@ -231,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs per command (default 5)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers here")
+    parser.add_argument("--models", nargs="+", metavar="NAME",
+                        help="bench only these models (default: all that are found)")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds before one command counts as hung (default 600)")
     args = parser.parse_args(argv)
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             TIMER.environment = bench_environment(Path(tmp) / "pycache")
             results = []
             for name, path, input_flags in models():
+                if args.models and name not in args.models:
+                    continue
                 print(f"benching {name} ...", file=sys.stderr, flush=True)
                 results.append(bench_model(name, path, input_flags, Path(tmp), args.repeats,
                                            args.timeout))

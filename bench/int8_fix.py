@@ -185,7 +185,7 @@ def _write_calibration(case: Case, folder: Path) -> Path:
     settings = InputSettings(shapes=dict(case.shapes), ranges=dict(case.ranges),
                              seed=CALIBRATION_SEED)
     with quiet_polygraphy():
-        feeds, _ = synthetic_calibration_set(load_model(case.path, check=False), settings,
+        feeds, _ = synthetic_calibration_set(load_model(case.path), settings,
                                              CALIBRATION_FEEDS)
     target = folder / f"{case.name}-calibration"
     for index, feed in enumerate(feeds):

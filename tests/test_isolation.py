@@ -375,3 +375,33 @@ def test_a_kept_reference_run_is_reused_by_the_next_target(demo, child_calls):
     assert calls == [("onnxrt (reference:onnxrt)", "onnxrt-fp16 (target:onnxrt-fp16)"),
                      ("onnxrt-bf16 (target:onnxrt-bf16)",)]
     assert first.model_sha256 == second.model_sha256 == load_model(demo).sha256
+
+
+def _mapped_blocks_for_a_large_allocation() -> int:
+    """How many blocks glibc maps with mmap (not from the heap) for a 64 MB allocation."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost")]
+
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = MallInfo2
+    before = mallinfo2().hblks
+    block = bytearray(64 << 20)
+    after = mallinfo2().hblks
+    del block
+    return after - before
+
+
+def test_a_child_serves_large_allocations_from_its_heap():
+    # ONNX Runtime's copies of the weights then reuse freed pages instead of faulting in new
+    # ones (isolation._keep_freed_memory); the parent, which may live long, is left alone.
+    import ctypes
+
+    if not hasattr(ctypes.CDLL(None), "mallinfo2"):
+        pytest.skip("the allocator setting is glibc's (2.33 or later); this libc has no "
+                    "mallinfo2 to observe it")
+    assert _mapped_blocks_for_a_large_allocation() == 1
+    assert isolation.call(_mapped_blocks_for_a_large_allocation, what="allocation") == 0

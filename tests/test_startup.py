@@ -16,6 +16,7 @@ import pytest
 
 from trtcheck.backend_names import get_backend
 from trtcheck.backends import BackendOptions, onnxrt_session_source
+from trtcheck.errors import ModelError
 from trtcheck.model import load_model
 
 ZOO = Path(__file__).resolve().parents[1] / "zoo"
@@ -84,29 +85,53 @@ def test_emulation_reads_the_same_types_without_the_weights(path):
     assert _value_types(proto) == expected
 
 
-def test_the_checker_and_the_hash_run_while_the_backends_run(monkeypatch):
+def test_the_checker_reads_no_file_again_and_the_hash_runs_while_the_backends_run(
+        monkeypatch):
+    import onnx
+
     from trtcheck import core, isolation
     from trtcheck import model as model_module
 
     events: list[str] = []
-    real_call, real_check, real_hash = (isolation._call_in_child, core.check_model_file,
+    real_call, real_check, real_hash = (isolation._call_in_child, onnx.checker.check_model,
                                         model_module.sha256_of)
 
     def call(*args):
         events.append("fork")
         return real_call(*args)
 
+    def check(model, *args, **kwargs):
+        # Given the bytes load_model read, not the path (which the checker would read again).
+        events.append("check " + type(model).__name__)
+        return real_check(model, *args, **kwargs)
+
     monkeypatch.setattr(isolation, "_call_in_child", call)
-    monkeypatch.setattr(core, "check_model_file",
-                        lambda path: events.append("check") or real_check(path))
+    monkeypatch.setattr(onnx.checker, "check_model", check)
     monkeypatch.setattr(model_module, "sha256_of",
                         lambda path: events.append("hash") or real_hash(path))
     result = core.compare_model(core.CompareRequest(model=ZOO / "demo.onnx", target="onnxrt"))
-    # The checker always runs, after the fork; hashing only while the child still works.
-    assert events[:2] == ["fork", "check"] and events.count("check") == 1
+    assert events[:2] == ["check bytes", "fork"] and events.count("check bytes") == 1
     assert events.count("hash") <= 1
     assert result.verdict == "pass"
     assert result.model_sha256 == hashlib.sha256((ZOO / "demo.onnx").read_bytes()).hexdigest()
+
+
+def test_a_model_with_external_data_is_checked_from_its_folder(tmp_path, monkeypatch):
+    import onnx
+
+    model = onnx.load(str(ZOO / "demo.onnx"))
+    onnx.save(model, str(tmp_path / "m.onnx"), save_as_external_data=True,
+              location="m.data", size_threshold=0)
+    seen: list[object] = []
+    real_check = onnx.checker.check_model
+    monkeypatch.setattr(onnx.checker, "check_model",
+                        lambda m, *a, **k: seen.append(m) or real_check(m, *a, **k))
+    assert load_model(tmp_path / "m.onnx").external_data
+    # The path form: only it resolves (and so checks) the data file's location.
+    assert seen == [str(tmp_path / "m.onnx")]
+    (tmp_path / "m.data").unlink()
+    with pytest.raises(ModelError, match="m.data"):
+        load_model(tmp_path / "m.onnx")
 
 
 def _count_children(monkeypatch) -> dict[str, list]:

@@ -671,7 +671,16 @@ def _console(stderr: bool = False):
 
 
 def _import_reporting() -> None:
-    """Imports what printing a result needs (rich, the views)."""
+    """Imports what comparing and printing a result needs (rich, the views).
+
+    Also what Polygraphy's comparison and rich's markup import lazily on first use (numpy.ma,
+    numpy.random, polygraphy.cuda, rich's emoji table: 10 ms after the run otherwise).
+    """
+    import numpy.ma  # noqa: F401
+    import numpy.random  # noqa: F401
+    import polygraphy.cuda  # noqa: F401
+    import rich._emoji_codes  # noqa: F401
+
     import trtcheck.report.json_report
     import trtcheck.report.terminal  # noqa: F401
 

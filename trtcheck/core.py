@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,10 +22,10 @@ from trtcheck.backends import (
 )
 from trtcheck.compare import OutputDiff, compare_runs
 from trtcheck.detections import DetectionSpec, check_specs
-from trtcheck.errors import ModelError, UsageError
+from trtcheck.errors import UsageError
 from trtcheck.golden import GoldenCheck
 from trtcheck.inputs import UNIFORM, Feeds, InputSettings, make_feeds
-from trtcheck.model import LoadedModel, check_model_file, load_model
+from trtcheck.model import LoadedModel, load_model
 from trtcheck.output_roles import class_score_outputs, quantized_type
 from trtcheck.precision import PrecisionPlan
 from trtcheck.progress import step
@@ -245,48 +244,6 @@ def _fixed_model(model: LoadedModel, names: list[str], feeds: Feeds,
 
 
 def _compare_model(request: CompareRequest, model: LoadedModel | None,
-                   reference_cache: ReferenceCache) -> ComparisonResult:
-    if model is not None:
-        return _compare_loaded(request, model, reference_cache)
-    model = load_model(request.model, check=False)
-    with _checked_meanwhile(model.path):
-        return _compare_loaded(request, model, reference_cache)
-
-
-@contextlib.contextmanager
-def _checked_meanwhile(path: Path) -> Iterator[None]:
-    """Runs `onnx.checker` on the model file while the backends run, not before.
-
-    The checker parses the whole file again (0.5 s on BERT-base), and a comparison's process
-    only waits for its backends' child. A model the checker rejects is reported as that
-    (`ModelError`), also when something else failed on it first.
-    """
-    outcome: list[ModelError | None] = []
-
-    def check() -> None:
-        try:
-            check_model_file(path)
-        except ModelError as err:
-            outcome.append(err)
-        else:
-            outcome.append(None)
-
-    try:
-        with isolation.meanwhile(check):
-            yield
-    except Exception as err:
-        if not outcome:
-            check()
-        if outcome[0] is not None:
-            raise outcome[0] from err
-        raise
-    if not outcome:
-        check()
-    if outcome[0] is not None:
-        raise outcome[0]
-
-
-def _compare_loaded(request: CompareRequest, model: LoadedModel | None,
                     reference_cache: ReferenceCache) -> ComparisonResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
