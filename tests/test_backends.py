@@ -521,3 +521,37 @@ def test_models_over_the_protobuf_limit_run_from_a_path_with_equal_outputs(tmp_p
     assert set(big[0].keys()) == set(small[0].keys()) >= set(mark)
     for name in small[0]:
         np.testing.assert_array_equal(big[0][name], small[0][name])
+
+
+REAL_ZOO = Path(__file__).resolve().parents[1] / "zoo" / "real"
+
+
+@pytest.mark.parametrize("path", sorted(REAL_ZOO.glob("*.onnx"))[:3], ids=lambda p: p.stem)
+def test_weight_bytes_count_the_weights_without_reading_them(path):
+    import onnx
+
+    from trtcheck.atomic import serialized_if_fits, weight_bytes
+
+    model = onnx.load(str(path))
+    held = sum(len(t.raw_data) or onnx.numpy_helper.to_array(t).nbytes
+               for t in model.graph.initializer)
+    assert weight_bytes(model) == held
+    data = serialized_if_fits(model)
+    assert data is not None and len(data) == model.ByteSize() > held
+
+
+def test_int4_weights_count_two_to_a_byte_and_a_model_over_the_limit_is_not_serialised(
+        monkeypatch):
+    import onnx
+
+    from trtcheck import atomic
+
+    weights = onnx.helper.make_tensor("w", onnx.TensorProto.INT4, [1000], b"\x11" * 500, raw=True)
+    graph = onnx.helper.make_graph([], "g", [], [onnx.helper.make_tensor_value_info(
+        "w", onnx.TensorProto.INT4, [1000])], [weights])
+    model = onnx.helper.make_model(graph)
+    assert atomic.weight_bytes(model) == len(model.graph.initializer[0].raw_data) == 500
+    monkeypatch.setattr(atomic, "EXTERNAL_DATA_BYTES", 499)
+    assert atomic.serialized_if_fits(model) is None and not atomic.fits_in_protobuf(model)
+    monkeypatch.setattr(atomic, "EXTERNAL_DATA_BYTES", model.ByteSize())
+    assert atomic.serialized_if_fits(model) == model.SerializeToString()

@@ -71,6 +71,36 @@ def test_fp16_overflow_in_the_middle_of_a_long_chain(save_model, tmp_path):
     assert "chain/mul77:float32" in fix.trt10_flags
 
 
+@pytest.mark.parametrize("mode", ["exact", "search"])
+def test_runs_over_one_shared_data_file_find_the_same_culprit(save_model, monkeypatch, mode):
+    # A large model's marked copies refer to one data file of its weights rather than each
+    # carrying them (backends.SHARED_WEIGHTS_BYTES); lowered here so that a small model does.
+    from trtcheck import backends
+    from trtcheck.atomic import session_work_folder
+
+    model = overflow_chain(length=40, overflow_at=21)
+    alone = run_localize(save_model, model, uniform(0, 1), mode=mode)
+    from trtcheck import model as model_module
+
+    written: list[Path] = []
+    offload = model_module.offload_weights
+
+    def counted(proto, folder):
+        written.append(folder)
+        return offload(proto, folder)
+
+    monkeypatch.setattr(model_module, "offload_weights", counted)
+    monkeypatch.setattr(backends, "SHARED_WEIGHTS_BYTES", 0)
+    shared = run_localize(save_model, model, uniform(0, 1), mode=mode)
+    assert (shared.culprit_node, shared.trace) == (alone.culprit_node, alone.trace) \
+        and shared.culprit_node == "chain/mul21"
+    # One data file per model run (the reference and its fp16 emulation), however many runs;
+    # removed when the bisection ends.
+    assert len(written) == 2 and shared.target_runs >= 2
+    assert all(folder.parent == session_work_folder() and not folder.exists()
+               for folder in written)
+
+
 def test_catastrophic_cancellation(save_model):
     model = graph_model([
         ("scale", "Mul", ["x"], "a", 1.0),

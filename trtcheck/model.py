@@ -246,15 +246,11 @@ def check_model_file(path: Path, serialized: bytes | None = None) -> None:
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of `model`, also over 2 GB.
 
-    Protobuf copies a message by serialising it, which fails over 2 GB ("Failed to serialize
-    proto"); copying the graph's parts one by one keeps each copy under the limit.
+    Copied part by part, each part under protobuf's limits at any model size, and no slower than
+    `CopyFrom` (0.05 s on ViT-B/16's 330 MB); asking the size first to choose would cost a
+    serialisation (`atomic.fits_in_protobuf`).
     """
-    from trtcheck.atomic import fits_in_protobuf
-
     copy = onnx.ModelProto()
-    if fits_in_protobuf(model):
-        copy.CopyFrom(model)
-        return copy
     _copy_fields(model, copy, skip="graph")
     _copy_fields(model.graph, copy.graph)
     return copy
