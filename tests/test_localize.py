@@ -226,3 +226,27 @@ def test_audit_cli(save_model, trtcheck_cli, tmp_path):
     from zoo.build import cnn
 
     assert trtcheck_cli("audit", save_model(cnn(), "cnn.onnx")).code == 0
+
+
+def test_bisect_reuses_the_comparisons_loaded_and_emulated_models(save_model, monkeypatch,
+                                                                  capsys, tmp_path):
+    # Loading and emulating a large model each cost about as much as running it.
+    from trtcheck import model as model_module
+    from trtcheck import precision
+    from trtcheck.cli import main
+
+    path = save_model(overflow_chain(length=30, overflow_at=12), "chain.onnx")
+    monkeypatch.chdir(tmp_path)
+    calls: list[str] = []
+    emulated: list[onnx.ModelProto] = []
+    load, emulate = model_module.load_model, precision.emulate
+    monkeypatch.setattr(model_module, "load_model",
+                        lambda *a, **k: calls.append("load") or load(*a, **k))
+    monkeypatch.setattr(precision, "emulate",
+                        lambda proto, *a, **k: emulated.append(proto) or emulate(proto, *a, **k))
+    assert main(["bisect", str(path), "--no-precision-fix", "--repro", "repro"]) == 1
+    assert "culprit: chain/mul12 (Mul)" in capsys.readouterr().out
+    assert calls == ["load"]
+    # The model once, by the comparison; besides it only the culprit alone (one node).
+    assert emulated[0] is not emulated[1] and len(emulated[1].graph.node) == 1
+    assert len(emulated) == 2

@@ -102,12 +102,15 @@ def default_target() -> tuple[str, str]:
     )
 
 
-# Inside `reusing_emulated_models()`, the last emulated model is kept: bisection runs one plan
-# many times (a batch of marked tensors per run), and emulating a large model each time costs as
-# much as running it. Elsewhere nothing is kept, so that a comparison's peak memory stays low.
+# Inside `reusing_models()`, a bisection's models are kept: the model as loaded (the comparison
+# before it loaded it already), the last emulated model (bisection runs one plan many times, a
+# batch of marked tensors per run, and emulating a large model each time costs as much as
+# running it) and a large model's weights, written once to a data file that every marked copy of
+# it refers to (`_shared_weights`). Elsewhere nothing is kept, so that a comparison's peak memory
+# stays low.
 _EMULATED: ContextVar[dict | None] = ContextVar("trtcheck_emulated", default=None)
-# Also inside it: a large model's weights, written once to a data file that every marked copy
-# of it refers to (`_shared_weights`). Keyed by the model's id; the model is kept with its entry.
+_LOADED: ContextVar[dict | None] = ContextVar("trtcheck_loaded", default=None)
+# Keyed by the model's id; the model is kept with its entry.
 _SHARED_WEIGHTS: ContextVar[dict | None] = ContextVar("trtcheck_shared_weights", default=None)
 # From this size of weights on, a run's marked copy is a light model over the shared data file
 # rather than the whole model serialised again (0.5 s a run on ViT-B/16's 330 MB, and a copy of
@@ -116,19 +119,45 @@ SHARED_WEIGHTS_BYTES = 32 << 20
 
 
 @contextlib.contextmanager
-def reusing_emulated_models() -> Iterator[None]:
+def reusing_models() -> Iterator[None]:
+    """Keeps the models of the runs inside the block for reuse; nested blocks share the outer's."""
+    if _EMULATED.get() is not None:
+        yield
+        return
     shared: dict = {}
-    tokens = _EMULATED.set({}), _SHARED_WEIGHTS.set(shared)
+    tokens = _EMULATED.set({}), _LOADED.set({}), _SHARED_WEIGHTS.set(shared)
     try:
         yield
     finally:
         _EMULATED.reset(tokens[0])
-        _SHARED_WEIGHTS.reset(tokens[1])
+        _LOADED.reset(tokens[1])
+        _SHARED_WEIGHTS.reset(tokens[2])
         import shutil
 
         for _, entry in shared.values():
             if entry is not None:  # a pytest session goes on: its data files go now
                 shutil.rmtree(entry[1], ignore_errors=True)
+
+
+def loaded_model(path: str | Path) -> LoadedModel:
+    """`model.load_model(path)`, or inside `reusing_models()` the model loaded there before.
+
+    Keyed by the file's identity (path, size, modification time), so that a file changed in
+    between is loaded again.
+    """
+    from trtcheck.model import load_model
+
+    cache = _LOADED.get()
+    if cache is None:
+        return load_model(path)
+    try:
+        stat = Path(path).stat()
+        key: tuple = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        return load_model(path)  # its one-line error
+    if key not in cache:
+        cache[key] = load_model(path)
+    return cache[key]
 
 
 def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
@@ -137,11 +166,14 @@ def emulated_model(model: LoadedModel, plan: PrecisionPlan) -> onnx.ModelProto:
     cache = _EMULATED.get()
     if cache is None:
         return emulate(model.proto, plan)
-    key = (id(model.proto), model.sha256, plan)
+    # The proto is kept with its entry, so its id names it alone (no hash of a large file).
+    key = (id(model.proto), plan)
     if key not in cache:
-        cache.clear()
-        cache[key] = emulate(model.proto, plan)
-    return cache[key]
+        # Two at most: the bisected model's, and the one-node model that checks the culprit.
+        while len(cache) >= 2:
+            del cache[next(iter(cache))]
+        cache[key] = model.proto, emulate(model.proto, plan)
+    return cache[key][1]
 
 
 @functools.cache
@@ -225,7 +257,7 @@ def _shared_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Path] | No
     """In a bisection, `proto` with its weights in a data file written once for all its runs.
 
     Returns the light model (its tensors point at the data file) and the folder holding both, or
-    None outside `reusing_emulated_models()` or for weights under `SHARED_WEIGHTS_BYTES`.
+    None outside `reusing_models()` or for weights under `SHARED_WEIGHTS_BYTES`.
     """
     cache = _SHARED_WEIGHTS.get()
     if cache is None:

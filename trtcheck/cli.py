@@ -707,7 +707,13 @@ def run_compare(args: argparse.Namespace) -> int:
     # Before anything heavy is imported: ONNX Runtime builds the reference's session in a child
     # while this process imports, loads and feeds the model.
     with started_early(args.model, _early_runs(args), args.providers, args.verbose):
-        return _run_compare(args)
+        if not (args.bisect or args.command == "bisect"):
+            return _run_compare(args)
+        from trtcheck.backends import reusing_models
+
+        # The bisection reuses the comparison's loaded and emulated models.
+        with reusing_models():
+            return _run_compare(args)
 
 
 def _run_compare(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from trtcheck.backends import (
     BackendOptions,
     ConvertedOnnxPath,
     converted_model_path,
+    loaded_model,
     tensorrt_version,
 )
 from trtcheck.compare import OutputDiff, compare_runs
@@ -255,7 +256,7 @@ def _compare_model(request: CompareRequest, model: LoadedModel | None,
     if request.options.engine is not None:
         target_note = "; ".join(filter(None, [target_note, _engine_note(request.options.engine,
                                                                           target)])) or None
-    model = model or load_model(request.model)
+    model = model or loaded_model(request.model)
     tolerances = request.tolerances.resolve(target.precision, class_score_outputs(model.proto),
                                             quantized_type(model.proto))
     tolerances.check(model.output_names)

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from trtcheck.backend_names import Backend, get_backend
-from trtcheck.backends import BackendOptions, reusing_emulated_models
+from trtcheck.backends import BackendOptions, loaded_model, reusing_models
 from trtcheck.debug.audit import LIMITS, RangeFinding, classify_mask_fills
 from trtcheck.debug.local_check import LocalCheck, check_alone
 from trtcheck.debug.origin import Found, find_origin
@@ -125,7 +125,7 @@ def make_probe(model: LoadedModel, reference: Backend, target: Backend, options:
 def localize(probe: Probe, repro_dir: Path | None = None, fix_precision: bool = True,
              mode: str = "auto") -> Localization:
     """Finds where `probe.output`'s divergence starts; see the module docstring for the method."""
-    with reusing_emulated_models():
+    with reusing_models():
         return _localize(probe, repro_dir, fix_precision, mode)
 
 
@@ -215,7 +215,7 @@ def localize_comparison(result: Any, model: LoadedModel | None = None,
             "--min-agreement OUT:0.99 accepts a few flips at near-ties, and detections after "
             "NMS/TopK are compared as sets with --detections")
     diff = floats[0]
-    model = model or load_model(result.model_path)
+    model = model or loaded_model(result.model_path)
     feed = result.feeds.iterations[diff.iteration]
     reference = get_backend(result.reference.name)
     target = get_backend(result.target.name)

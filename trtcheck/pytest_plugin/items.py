@@ -163,9 +163,15 @@ class CaseItem(pytest.Item):
                     f"but is not importable here; {install_hint()}")
             pytest.skip(f"{self.target.name} needs TensorRT and an NVIDIA GPU, not available "
                         f"here; {install_hint()}")
+        import contextlib
+
+        from trtcheck.backends import reusing_models
         from trtcheck.isolation import isolation
 
-        with isolation(enabled=not self.state.in_process, timeout=self.state.timeout):
+        # With --trtcheck-bisect the bisection reuses the check's loaded and emulated models;
+        # they are let go when the item is done.
+        with isolation(enabled=not self.state.in_process, timeout=self.state.timeout), (
+                reusing_models() if self.state.bisect else contextlib.nullcontext()):
             self.outcome = self._check()
             if self.state.bisect:
                 self.localization = self._bisect(self.outcome)
