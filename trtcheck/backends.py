@@ -263,6 +263,13 @@ def _shared_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, Path] | No
     if cache is None:
         return None
     if id(proto) not in cache:
+        # Two at most, as emulated models: the reference's and the target's being bisected.
+        while len(cache) >= 2:
+            _, evicted = cache.pop(next(iter(cache)))
+            if evicted is not None:
+                import shutil
+
+                shutil.rmtree(evicted[1], ignore_errors=True)
         from trtcheck.atomic import session_work_folder, weight_bytes
         from trtcheck.model import offload_weights
 
