@@ -222,3 +222,24 @@ def test_bad_arguments_are_one_line_errors(outlier):
         find_int8_fix(outlier.fp32, outlier.qdq, [], cosine_at_least(COSINE))
     with pytest.raises(UsageError, match="node 'nowhere' to leave unquantized is not in"):
         remove_quantization(outlier.qdq.proto, ["nowhere"])
+
+
+def test_every_requantization_of_one_model_shares_its_prepared_model(tmp_path, monkeypatch):
+    # ONNX Runtime's pre-processing (symbolic shape inference) depends on the model alone, and
+    # takes 7.5 s on ViT-B/16: the fix's candidates reuse it instead of each redoing it.
+    from trtcheck.quant import quantize
+
+    prepared: list[Path] = []
+    real = quantize._prepare
+    monkeypatch.setattr(quantize, "_prepare",
+                        lambda model, work: prepared.append(model.path) or real(model, work))
+    monkeypatch.setattr(quantize, "_PREPARED", {})
+    case = Quantized(channel_outlier_cnn(), tmp_path, "outlier", IMAGE, "int8")
+    fix = case.fix()
+    assert fix.verified and fix.runs >= 2
+    assert prepared == [case.fp32.path]
+    # A file changed in place is prepared again.
+    onnx.save(channel_outlier_cnn(), str(case.fp32.path))
+    case.fp32 = load_model(case.fp32.path)
+    case.requantize(())
+    assert prepared == [case.fp32.path, case.fp32.path]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ def quantize_model(model: LoadedModel, settings: QuantSettings,
     from trtcheck.atomic import session_work_folder
 
     with tempfile.TemporaryDirectory(prefix="quantize-", dir=session_work_folder()) as work:
-        prepared, large = _prepare(model, Path(work))
+        prepared, large = _prepared(model)
         if amax is not None:
             ranges, nodes = _given_ranges(model, amax, settings)
         else:
@@ -123,7 +124,7 @@ def calibrated_amax(model: LoadedModel, settings: QuantSettings,
     from trtcheck.atomic import session_work_folder
 
     with tempfile.TemporaryDirectory(prefix="calibrate-", dir=session_work_folder()) as work:
-        prepared, large = _prepare(model, Path(work))
+        prepared, large = _prepared(model)
         ranges = _calibrate(prepared, large, calibration, settings, Path(work))
     return {name: float(max(abs(float(np.max(low))), abs(float(np.max(high)))))
             for name, (low, high) in ((name, data.range_value) for name, data in ranges.items())}
@@ -152,6 +153,33 @@ def _check_exclude(model: LoadedModel, settings: QuantSettings) -> None:
         raise UsageError(f"node '{unknown[0]}' to leave unquantized is not in "
                          f"{model.path.name}; name a node of its graph (`trtcheck` reports name "
                          "them as the model does)")
+
+
+# `_prepare`d models by file identity (path, size, modification time), in this process's
+# temporary folder: the INT8 fix quantizes one model once per candidate, and its symbolic shape
+# inference alone takes 7.5 s on ViT-B/16 (the same for every candidate). Two at most.
+_PREPARED: dict[tuple, tuple[Path, bool]] = {}
+
+
+def _prepared(model: LoadedModel) -> tuple[Path, bool]:
+    """`_prepare(model)`, done once per model file in this process."""
+    from trtcheck.atomic import session_work_folder
+
+    stat = model.path.stat()
+    key = (str(model.path.resolve()), stat.st_size, stat.st_mtime_ns)
+    found = _PREPARED.get(key)
+    if found is not None and found[0].is_file():
+        return found
+    while len(_PREPARED) >= 2:
+        evicted, _ = _PREPARED.pop(next(iter(_PREPARED)))
+        shutil.rmtree(evicted.parent, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix="prepared-", dir=session_work_folder()))
+    try:
+        _PREPARED[key] = _prepare(model, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return _PREPARED[key]
 
 
 def _prepare(model: LoadedModel, work: Path) -> tuple[Path, bool]:
