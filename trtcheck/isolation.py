@@ -93,7 +93,7 @@ def meanwhile(*work: Callable[[], object]) -> Iterator[None]:
     """Work for this process to do ahead of time while a backend child runs, in order.
 
     The parent only waits for its child, so what it needs afterwards (the report's imports, the
-    model's checker) costs no wall time when done then, on another core. Each item runs at most
+    model's hash) costs no wall time when done then, on another core. Each item runs at most
     once and only while the child is still working: what is left when the child answers is not
     done here (whoever needs it does it then), so it never delays a result. Errors are ignored:
     an item fails again where it is needed.
