@@ -189,10 +189,7 @@ def test_a_compare_command_line_is_parsed_without_onnx():
             "build_parser().parse_args(['compare', 'm.onnx', '--target', 'onnxrt']); "
             "print(sorted(m for m in ('onnx', 'onnxruntime', 'polygraphy', 'rich') "
             "if m in sys.modules))")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    assert _python(code) == "[]"
 
 
 def test_the_early_child_builds_its_sessions_without_onnx():
@@ -207,10 +204,15 @@ def test_the_early_child_builds_its_sessions_without_onnx():
             "('cpu',), False, what='early')\n"
             "started.send([{'image': np.zeros((1, 3, 32, 32), np.float32)}])\n"
             "print(started.result())")
+    assert _python(code) == "(2, False)"
+
+
+def _python(code: str) -> str:
+    """What `python -c CODE` prints, in a fresh interpreter (nothing imported yet)."""
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "(2, False)"
+    return run.stdout.strip()
 
 
 def test_the_cli_exits_without_teardown_yet_flushes_and_cleans_up(tmp_path):
