@@ -250,3 +250,38 @@ def test_bisect_reuses_the_comparisons_loaded_and_emulated_models(save_model, mo
     # The model once, by the comparison; besides it only the culprit alone (one node).
     assert emulated[0] is not emulated[1] and len(emulated[1].graph.node) == 1
     assert len(emulated) == 2
+
+
+@pytest.mark.parametrize("name", ["bert_tiny_classic_extdata", "gpt2_tiny_dynamo"])
+def test_real_exports_bisect_the_same_over_one_shared_data_file(name, monkeypatch):
+    # A real export with its weights in external data, and a dynamo export with Constant nodes
+    # and masks: the light copies over the shared data file find the same culprit and trace.
+    from trtcheck import backends
+    from trtcheck.cli import build_parser, request_from_args
+    from trtcheck.core import compare_model
+    from trtcheck.debug import localize_comparison
+
+    zoo = Path(__file__).resolve().parents[1] / "zoo" / "real"
+    entry = {e["name"]: e for e in json.loads((zoo / "manifest.json").read_text())}[name]
+    argv = ["compare", str(zoo / entry["path"]), "--target", "onnxrt-fp16", "--atol", "1e-6",
+            "--rtol", "1e-6", "--input-shapes",
+            *[f"{k}:{'x'.join(map(str, v))}" for k, v in entry["input_shapes"].items()],
+            "--val-range", *[f"{k}:[{a},{b}]" for k, (a, b) in entry["val_ranges"].items()]]
+
+    def bisected(threshold: int):
+        monkeypatch.setattr(backends, "SHARED_WEIGHTS_BYTES", threshold)
+        with backends.reusing_models():
+            result = compare_model(request_from_args(build_parser().parse_args(argv)))
+            assert result.verdict == "fail"
+            found = localize_comparison(result, fix_precision=False)
+        return found.culprit_node, found.trace
+
+    from trtcheck import model as model_module
+
+    offloads: list[Path] = []
+    offload = model_module.offload_weights
+    monkeypatch.setattr(model_module, "offload_weights",
+                        lambda proto, folder: offloads.append(folder) or offload(proto, folder))
+    normal = bisected(backends.SHARED_WEIGHTS_BYTES)  # these tiny models stay under it
+    assert offloads == []
+    assert bisected(0) == normal and len(offloads) == 2
